@@ -1,0 +1,118 @@
+"""The generator plugin contract, and the registry that finds plugins by entry point.
+
+A generator is a plain value, not a class to subclass: a params model, the roles it asks
+for, the features its rows have, a function that streams inputs and an async function
+that turns one input into rows. The engine owns everything else (retries, concurrency,
+checkpoints, keys), so a plugin reads like the recipe it implements, and the same
+`generate` runs unchanged in one process or inside a Ray `map_batches` actor.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    import datasets
+
+    from synthgen.generators.engine.roles import Role
+    from synthgen.generators.prompts import Prompts
+
+ENTRY_POINT_GROUP = "synthgen.generators"
+
+
+class Skip(Exception):  # noqa: N818 - it is a verdict, not an error
+    """Raised by a plugin to drop one record for a quality reason; counted, never fatal.
+
+    `reason` should be a short stable slug (e.g. `not_japanese`) so failures group well;
+    `detail` may carry the offending text.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class RecordContext:
+    """What one record's generation sees: its key, a seeded RNG, the roles and the prompts."""
+
+    key: str
+    seed: int
+    params: BaseModel
+    roles: Mapping[str, Role]
+    prompts: Prompts
+    resources: Any = None
+    rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def role(self, name: str) -> Role:
+        return self.roles[name]
+
+
+@dataclass(frozen=True)
+class InputContext:
+    """What an input stream sees: the params, the run's seed, and where local files resolve."""
+
+    params: BaseModel
+    seed: int
+
+
+@dataclass(frozen=True)
+class Generator:
+    name: str
+    version: str
+    description: str
+    params_model: type[BaseModel]
+    roles: tuple[str, ...]
+    # What it reads, in words, for `synthgen generators` and the API.
+    reads: str
+    # Features of a row (without the engine's own `key` column), given the params.
+    features: Callable[[BaseModel], datasets.Features]
+    # An endless or finite stream of JSON-able input items; the engine keys and counts them.
+    inputs: Callable[[InputContext], Iterator[dict[str, Any]]]
+    # One input -> rows (usually one). Raise Skip to drop it with a reason.
+    generate: Callable[[dict[str, Any], RecordContext], Awaitable[list[dict[str, Any]]]]
+    # Folder under prompts/ holding this generator's Jinja2 templates.
+    prompt_dir: str | None = None
+    # Run-wide resources (a browser pool, an image downloader): an async context manager
+    # built from the params, entered once per run; its value is `RecordContext.resources`.
+    resources: Callable[[BaseModel], AbstractAsyncContextManager[Any]] | None = None
+
+    def parse_params(self, raw: Mapping[str, Any]) -> BaseModel:
+        return self.params_model.model_validate(dict(raw))
+
+    def params_schema(self) -> dict[str, Any]:
+        return self.params_model.model_json_schema()
+
+
+class UnknownGenerator(LookupError):
+    pass
+
+
+def available() -> dict[str, Generator]:
+    """All generators registered under the `synthgen.generators` entry-point group."""
+    found: dict[str, Generator] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        gen = ep.load()
+        if not isinstance(gen, Generator):
+            raise TypeError(f"entry point {ep.name!r} ({ep.value}) is not a synthgen Generator")
+        found[ep.name] = gen
+    return dict(sorted(found.items()))
+
+
+def get(name: str) -> Generator:
+    gens = available()
+    if name not in gens:
+        known = ", ".join(gens) or "none"
+        raise UnknownGenerator(f"unknown generator {name!r} (known: {known})")
+    return gens[name]

@@ -1,0 +1,117 @@
+"""The typed job spec shared by the CLI, the REST API and the workers.
+
+This module does no I/O: it only says what a job is, so every interface validates the
+same way and a spec can be stored, sent and replayed as plain JSON.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+EngineName = Literal["openai", "vllm", "transformers"]
+DEFAULT_ROLE = "default"
+
+
+class Sampling(BaseModel):
+    """Sampling parameters, passed through to the engine as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(None, ge=0, le=5)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    stop: list[str] | None = None
+    seed: int | None = None
+
+
+class RoleConfig(Sampling):
+    """How one model role (writer, vlm, translator, judge, ...) is served.
+
+    Every field is optional so that a partial entry can be layered over the `default`
+    entry; `resolve_roles` fills the gaps.
+    """
+
+    engine: EngineName | None = None
+    base_url: str | None = None
+    model: str | None = None
+    api_key: SecretStr | None = None
+    concurrency: int | None = Field(None, ge=1, le=100_000)
+    timeout: float | None = Field(None, gt=0, le=3600)
+    max_attempts: int | None = Field(None, ge=1, le=50)
+    # engine-specific options, e.g. {"gguf_file": ..., "device": "cpu"} for transformers,
+    # {"tensor_parallel_size": 2} for vllm, {"extra_body": {...}} for openai.
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")
+        return v.rstrip("/")
+
+    def merged_over(self, base: RoleConfig) -> RoleConfig:
+        """This entry's explicitly set fields win over `base`."""
+        data = base.model_dump(exclude_none=True)
+        mine = self.model_dump(exclude_none=True, exclude_unset=True)
+        opts = {**data.get("options", {}), **mine.pop("options", {})}
+        data.update(mine)
+        data["options"] = opts
+        return RoleConfig.model_validate(data)
+
+    def sampling(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump(include=set(Sampling.model_fields)).items() if v is not None}
+
+
+class PublishSpec(BaseModel):
+    """Push the finished dataset to the Hugging Face Hub."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repo_id: str = Field(..., pattern=r"^[\w.-]+/[\w.-]+$")
+    private: bool = True
+    token: SecretStr | None = None
+    split: str = "train"
+
+
+class JobSpec(BaseModel):
+    """One generation job: what the CLI's flags and `POST /v1/jobs` both become."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    generator: str = Field(..., min_length=1, max_length=100)
+    params: dict[str, Any] = Field(default_factory=dict)
+    roles: dict[str, RoleConfig] = Field(default_factory=dict)
+    n: int = Field(100, ge=1, le=100_000_000, description="records to produce")
+    max_inputs: int | None = Field(
+        None, ge=1, description="inputs to try at most (default 3 x n), so a run whose records are mostly dropped still ends"
+    )
+    seed: int = 0
+    concurrency: int | None = Field(None, ge=1, le=100_000, description="records in flight at once")
+    out: str | None = Field(None, description="output folder (defaults to a folder under the data root)")
+    shard_rows: int = Field(1000, ge=1, le=1_000_000)
+    flush_seconds: float = Field(10.0, gt=0, le=3600)
+    resume: bool = False
+    retry_failed: bool = False
+    publish: PublishSpec | None = None
+
+    @model_validator(mode="after")
+    def _inputs_cover_n(self) -> JobSpec:
+        if self.max_inputs is not None and self.max_inputs < self.n:
+            raise ValueError("max_inputs must be at least n")
+        return self
+
+    @property
+    def input_budget(self) -> int:
+        return self.max_inputs or self.n * 3
+
+    def out_path(self, data_root: Path) -> Path:
+        return Path(self.out) if self.out else data_root / "runs" / f"{self.generator}-seed{self.seed}"
+
+    def public_dict(self) -> dict[str, Any]:
+        """The spec as JSON with every secret masked, for manifests, logs and API answers."""
+        return self.model_dump(mode="json")  # SecretStr dumps as '**********'
