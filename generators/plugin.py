@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 ENTRY_POINT_GROUP = "synthgen.generators"
 
 
-class Skip(Exception):  # noqa: N818 - it is a verdict, not an error
+class Skip(Exception):
     """Raised by a plugin to drop one record for a quality reason; counted, never fatal.
 
     `reason` should be a short stable slug (e.g. `not_japanese`) so failures group well;

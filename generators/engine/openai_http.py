@@ -1,0 +1,74 @@
+"""The `openai` engine: chat completions over HTTP to vLLM or any compatible server.
+
+Written on one shared aiohttp session with orjson rather than the openai SDK: measured on
+2 cores against a 50 ms loopback server, the SDK over httpx reaches 0.06-0.15 of a plain
+aiohttp client's requests/s, and the hot path here is what keeps a vLLM server busy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+
+from synthgen.generators.engine.errors import RequestError, http_error
+from synthgen.generators.engine.messages import ChatResult, Message
+
+
+class OpenAIHTTPClient:
+    def __init__(self, base_url: str, model: str, *, api_key: str | None = None,
+                 extra_body: dict[str, Any] | None = None) -> None:
+        self.url = f"{base_url}/chat/completions"
+        self.model = model
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._extra = dict(extra_body or {})
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            # limit=0: admission is the role's semaphore, not the connection pool.
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
+            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
+        return self._session
+
+    async def complete(self, messages: list[Message], sampling: dict[str, Any], timeout: float) -> ChatResult:
+        body = {"model": self.model, "messages": messages, **self._extra, **sampling}
+        try:
+            async with self._get_session().post(
+                self.url, data=orjson.dumps(body), timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as resp:
+                raw = await resp.read()
+                if resp.status != 200:
+                    raise http_error(resp.status, raw.decode("utf-8", "replace"), resp.headers.get("Retry-After"))
+        except TimeoutError:
+            raise RequestError("timeout", f"no answer in {timeout:g}s", retryable=True) from None
+        except aiohttp.ClientPayloadError as exc:
+            raise RequestError("bad_response", str(exc), retryable=True) from None
+        except aiohttp.ClientError as exc:
+            raise RequestError("connection", str(exc) or type(exc).__name__, retryable=True) from None
+        return parse_completion(raw, self.model)
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def parse_completion(raw: bytes, model: str) -> ChatResult:
+    """A chat completion body -> ChatResult; anything malformed is a retryable bad_response."""
+    try:
+        data = orjson.loads(raw)
+        choice = data["choices"][0]
+        text = choice["message"]["content"] or ""
+        usage = data.get("usage") or {}
+        return ChatResult(
+            text=text,
+            finish_reason=choice.get("finish_reason"),
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            model=data.get("model") or model,
+        )
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        raise RequestError("bad_response", f"{type(exc).__name__}: {raw[:200]!r}", retryable=True) from None

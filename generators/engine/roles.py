@@ -1,0 +1,173 @@
+"""Model roles: the one call a generator makes, `await role.chat(messages)`.
+
+Admission (a semaphore per role), retries with backoff, timeouts and usage accounting
+all live here, so plugins never see HTTP and every engine behaves the same under load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+
+from synthgen.generators.engine.errors import RequestError
+from synthgen.generators.engine.messages import ChatResult, Message
+from synthgen.spec import DEFAULT_ROLE, RoleConfig
+
+DEFAULTS = RoleConfig(engine="openai", concurrency=256, timeout=120.0, max_attempts=6, temperature=0.7,
+                      max_tokens=1024)
+
+
+class ChatClient(Protocol):
+    model: str
+
+    async def complete(self, messages: list[Message], sampling: dict[str, Any], timeout: float) -> ChatResult: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass
+class Usage:
+    requests: int = 0
+    failed: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    failures_by_reason: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _backoff(state: Any) -> float:
+    """Exponential backoff with full jitter, but never sooner than the server's Retry-After."""
+    exc = state.outcome.exception() if state.outcome else None
+    base = min(30.0, 0.5 * 2 ** (state.attempt_number - 1))
+    wait = random.uniform(0, base)
+    if isinstance(exc, RequestError) and exc.retry_after is not None:
+        wait = max(wait, exc.retry_after)
+    return wait
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, RequestError) and exc.retryable
+
+
+class Role:
+    def __init__(self, name: str, config: RoleConfig, client: ChatClient) -> None:
+        self.name = name
+        self.config = config
+        self.client = client
+        self.model = config.model or client.model
+        self.usage = Usage()
+        self._sampling = config.sampling()
+        self._timeout = float(config.timeout or DEFAULTS.timeout or 120.0)
+        self._sem = asyncio.Semaphore(config.concurrency or DEFAULTS.concurrency or 256)
+        self._retrying = AsyncRetrying(
+            stop=stop_after_attempt(config.max_attempts or DEFAULTS.max_attempts or 6),
+            wait=_backoff, retry=retry_if_exception(_retryable), reraise=True,
+            before_sleep=self._count_retry,
+        )
+
+    def _count_retry(self, _state: Any) -> None:
+        self.usage.retries += 1
+
+    async def chat(self, messages: list[Message], **sampling: Any) -> ChatResult:
+        """One completion; per-call sampling overrides the role's. Raises RequestError when spent."""
+        params = {**self._sampling, **{k: v for k, v in sampling.items() if v is not None}}
+        usage = self.usage
+        start = time.perf_counter()
+        try:
+            result = await self._retrying(self._once, messages, params)
+        except RequestError as exc:
+            usage.failed += 1
+            usage.failures_by_reason[exc.reason] = usage.failures_by_reason.get(exc.reason, 0) + 1
+            raise
+        usage.requests += 1
+        usage.prompt_tokens += result.prompt_tokens
+        usage.completion_tokens += result.completion_tokens
+        usage.latency_s += time.perf_counter() - start
+        return result
+
+    async def _once(self, messages: list[Message], params: dict[str, Any]) -> ChatResult:
+        async with self._sem:
+            return await self.client.complete(messages, params, self._timeout)
+
+
+def resolve_roles(configured: Mapping[str, RoleConfig], needed: tuple[str, ...]) -> dict[str, RoleConfig]:
+    """Layer DEFAULTS < the `default` entry < each role's own entry, for every role needed.
+
+    With no endpoint anywhere the embedded smoke-test model serves every role, so a fresh
+    install can run a generator end to end without a server.
+    """
+    unknown = set(configured) - set(needed) - {DEFAULT_ROLE}
+    if unknown:
+        raise ValueError(f"config names roles this generator does not use: {sorted(unknown)} (it uses {list(needed)})")
+    base = configured.get(DEFAULT_ROLE, RoleConfig())
+    resolved = {}
+    for role in needed:
+        cfg = configured.get(role, RoleConfig()).merged_over(base)
+        if cfg.engine is None:
+            cfg = cfg.model_copy(update={"engine": "openai" if cfg.base_url else "transformers"})
+        if cfg.engine == "transformers" and not cfg.concurrency:
+            cfg = cfg.model_copy(update={"concurrency": 8})
+        cfg = cfg.merged_over(DEFAULTS.model_copy(update={"engine": cfg.engine}))
+        if cfg.engine == "openai":
+            if not cfg.base_url:
+                raise ValueError(f"role {role!r}: the openai engine needs base_url (or --base-url)")
+            if not cfg.model:
+                raise ValueError(f"role {role!r}: no model name (set --model or roles.{role}.model)")
+        if cfg.engine == "vllm" and not cfg.model:
+            raise ValueError(f"role {role!r}: the vllm engine needs a model (Hub id or local path)")
+        resolved[role] = cfg
+    return resolved
+
+
+def _client_key(cfg: RoleConfig) -> tuple[Any, ...]:
+    secret = cfg.api_key.get_secret_value() if cfg.api_key else None
+    return (cfg.engine, cfg.base_url, cfg.model, secret, repr(sorted(cfg.options.items())))
+
+
+def make_client(cfg: RoleConfig) -> ChatClient:
+    if cfg.engine == "openai":
+        from synthgen.generators.engine.openai_http import OpenAIHTTPClient
+
+        assert cfg.base_url and cfg.model
+        return OpenAIHTTPClient(cfg.base_url, cfg.model,
+                                api_key=cfg.api_key.get_secret_value() if cfg.api_key else None,
+                                extra_body=cfg.options.get("extra_body"))
+    if cfg.engine == "transformers":
+        from synthgen.generators.engine.transformers_engine import TransformersClient
+
+        return TransformersClient.from_config(cfg)
+    if cfg.engine == "vllm":
+        from synthgen.generators.engine.vllm_engine import VLLMClient
+
+        return VLLMClient.from_config(cfg)
+    raise ValueError(f"unknown engine {cfg.engine!r}")
+
+
+def build_roles(resolved: Mapping[str, RoleConfig]) -> dict[str, Role]:
+    """Roles that point at the same engine and model share one client (one loaded model)."""
+    clients: dict[tuple[Any, ...], ChatClient] = {}
+    roles = {}
+    for name, cfg in resolved.items():
+        key = _client_key(cfg)
+        if key not in clients:
+            clients[key] = make_client(cfg)
+        roles[name] = Role(name, cfg, clients[key])
+    return roles
+
+
+async def close_roles(roles: Mapping[str, Role]) -> None:
+    seen: set[int] = set()
+    for role in roles.values():
+        if id(role.client) not in seen:
+            seen.add(id(role.client))
+            await role.client.aclose()

