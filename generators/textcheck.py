@@ -1,0 +1,46 @@
+"""Text checks shared by generators: is it Japanese, is it clean, did it leak its answer."""
+
+from __future__ import annotations
+
+import re
+
+_KANA = re.compile(r"[\u3041-\u309f\u30a0-\u30ff\uff66-\uff9f]")
+_JA = re.compile(r"[\u3041-\u309f\u30a0-\u30ff\uff66-\uff9f\u4e00-\u9fff\u3400-\u4dbf々〆ヵヶ]")
+_LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
+_CODE_BLOCK = re.compile(r"```.*?```", re.S)
+_PREFIX = re.compile(
+    r"^\s*(?:[#*>\-\s]*)(?:\*\*)?\s*(?:追加の質問|追質問|フォローアップ質問|質問|問題|問い|設問|課題|回答|答え|解答"
+    r"|Q\d*|A\d*|Question|Answer)\s*\d*\s*(?:\*\*)?\s*[:：]\s*(?:\*\*)?\s*",
+    re.I,
+)
+_LEAK = re.compile(r"(?:答え|解答|正解)\s*(?:は|:|：)|(?:answer)\s*(?:is|:)", re.I)
+
+
+def japanese_ratio(text: str) -> float:
+    """Share of Japanese characters among letters, code blocks aside (code is ASCII by nature)."""
+    body = _CODE_BLOCK.sub("", text)
+    letters = _LETTER.findall(body)
+    if not letters:
+        return 0.0
+    return len(_JA.findall(body)) / len(letters)
+
+
+def is_japanese(text: str, min_ratio: float = 0.3) -> bool:
+    """Kana must appear (kanji alone would pass Chinese) and Japanese must dominate the prose."""
+    return bool(_KANA.search(_CODE_BLOCK.sub("", text))) and japanese_ratio(text) >= min_ratio
+
+
+def strip_label(text: str) -> str:
+    """Remove a leading label such as 「問題:」「**質問**：」「Q2:」 and wrapping brackets or quotes."""
+    text = text.strip()
+    previous = None
+    while previous != text:
+        previous = text
+        text = _PREFIX.sub("", text, count=1).strip()
+    if len(text) >= 2 and text[0] in "「『\"" and text[-1] in "」』\"" and text.count(text[0]) == 1:
+        text = text[1:-1].strip()
+    return text
+
+
+def leaks_answer(question: str) -> bool:
+    return bool(_LEAK.search(question))

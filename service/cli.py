@@ -1,0 +1,198 @@
+"""The `synthgen` command line: list generators, run one, (later) serve, train, evaluate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from synthgen.generators import plugin
+from synthgen.generators.engine.checkpoint import RunExists
+from synthgen.generators.engine.errors import EngineUnavailable
+from synthgen.generators.engine.runner import RunResult, RunStats, install_fast_loop, run_job
+from synthgen.service.config_file import build_spec
+from synthgen.settings import get_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Synthetic multimodal training data for Japanese VLMs.")
+console = Console(stderr=True)
+USER_ERRORS = (ValidationError, ValueError, RunExists, plugin.UnknownGenerator, EngineUnavailable, FileNotFoundError)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(x) for x in err["loc"]) or "spec"
+            parts.append(f"{where}: {err['msg']}")
+        return "invalid job spec: " + "; ".join(parts)
+    return str(exc)
+
+
+@app.command("generators")
+def list_generators(as_json: Annotated[bool, typer.Option("--json", help="print params JSON schemas")] = False) -> None:
+    """List the installed generators with their roles and parameters."""
+    gens = plugin.available()
+    if as_json:
+        print(json.dumps({n: {"description": g.description, "roles": g.roles, "reads": g.reads,
+                              "params_schema": g.params_schema()} for n, g in gens.items()},
+                         ensure_ascii=False, indent=2))
+        return
+    out = Console()
+    for name, gen in gens.items():
+        table = Table(title=f"{name} (v{gen.version}): {gen.description}", title_justify="left", show_edge=False)
+        table.add_column("param")
+        table.add_column("type")
+        table.add_column("default")
+        table.add_column("description")
+        schema = gen.params_schema()
+        for field_name, field in gen.params_model.model_fields.items():
+            prop = schema["properties"].get(field_name, {})
+            kind = prop.get("type") or " | ".join(a.get("type", "object") for a in prop.get("anyOf", [])) or "object"
+            default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+            shown = json.dumps(default, ensure_ascii=False, default=lambda o: o.name if hasattr(o, "name") else str(o))
+            table.add_row(field_name, kind, shown[:40] + ("…" if len(shown) > 40 else ""), field.description or "")
+        out.print(table)
+        out.print(f"  roles: {', '.join(gen.roles)}    reads: {gen.reads}\n")
+
+
+@app.command("run")
+def run(
+    generator: Annotated[str, typer.Argument(help="generator name, see `synthgen generators`")],
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML or YAML job/roles config")] = None,
+    sets: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. writer.temperature=0.2")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint for every role")] = None,
+    model: Annotated[str | None, typer.Option(help="model name for every role")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="SYNTHGEN_API_KEY", help="endpoint API key")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="records in flight")] = None,
+    n: Annotated[int | None, typer.Option("--n", help="records to produce")] = None,
+    max_inputs: Annotated[int | None, typer.Option(help="inputs to try at most (default 3 x n)")] = None,
+    seed: Annotated[int | None, typer.Option(help="run seed")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out")] = False,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="on resume, retry failed records")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Run a generator and write a Hugging Face dataset to --out."""
+    logging.basicConfig(level=get_settings().log_level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        gen = plugin.get(generator)
+        flags: dict[str, Any] = {"n": n, "seed": seed, "concurrency": concurrency, "max_inputs": max_inputs,
+                                 "out": str(out) if out else None, "resume": resume or None,
+                                 "retry_failed": retry_failed or None}
+        spec = build_spec(generator, gen.roles, config=config, sets=sets or [], flags=flags,
+                          base_url=base_url, model=model, api_key=api_key)
+        spec = _smoke_defaults(spec, gen.roles)
+    except USER_ERRORS as exc:
+        raise fail(describe_error(exc)) from None
+    install_fast_loop()
+    try:
+        result = asyncio.run(_run_with_progress(spec, quiet))
+    except USER_ERRORS as exc:
+        raise fail(describe_error(exc)) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted; run again with --resume to continue", 130) from None
+    _summary(result)
+    if result.stats.state != "succeeded":
+        raise typer.Exit(3)
+
+
+def _smoke_defaults(spec: Any, roles: tuple[str, ...]) -> Any:
+    """With no endpoint anywhere, say so plainly and keep the smoke model's replies short."""
+    from synthgen.generators.engine.roles import resolve_roles
+
+    resolved = resolve_roles(spec.roles, roles)
+    if any(c.engine == "transformers" and not c.model for c in resolved.values()):
+        console.print(
+            "[yellow]No --base-url given: using the embedded smoke-test model SmolLM2-135M-Instruct on the CPU. "
+            "It proves the pipeline works; it writes little Japanese, so expect most records to be dropped by "
+            "the Japanese check (each with its reason). For real data pass --base-url URL --model NAME "
+            "(e.g. a vLLM server).[/]", highlight=False)
+        default = spec.roles.get("default")
+        if default is None or default.max_tokens is None:
+            from synthgen.spec import RoleConfig
+
+            roles_cfg = dict(spec.roles)
+            base = roles_cfg.get("default", RoleConfig())
+            roles_cfg["default"] = base.model_copy(update={"max_tokens": 160})
+            spec = spec.model_copy(update={"roles": roles_cfg})
+    return spec
+
+
+async def _run_with_progress(spec: Any, quiet: bool) -> RunResult:
+    stats = RunStats(target=spec.n)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    task = asyncio.create_task(run_job(spec, stats=stats, stop=stop))
+    if quiet or not console.is_terminal:
+        return await task
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[detail]}"), TimeRemainingColumn(), console=console,
+    )
+    bar = progress.add_task(spec.generator, total=spec.n, detail="loading…")
+    with Live(progress, console=console, refresh_per_second=4):
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.5)
+            snap = stats.snapshot()
+            detail = (f"{snap['records_per_s']:.2f} rec/s  {snap['tokens_per_s']:.0f} tok/s  "
+                      f"failed {snap['failed']}  in flight {snap['in_flight']}")
+            progress.update(bar, completed=stats.records, detail=detail)
+    return await task
+
+
+def _summary(result: RunResult) -> None:
+    stats, man = result.stats, result.manifest
+    out = Console()
+    table = Table(title=f"synthgen run: {man['generator']['name']} → {result.out}", title_justify="left")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    counts = man["counts"]
+    table.add_row("state", stats.state)
+    table.add_row("records written", f"{counts['records']} / {counts['target']}")
+    table.add_row("records dropped", str(counts["failed"]))
+    table.add_row("elapsed", f"{man['timings']['elapsed_s']:.1f} s")
+    table.add_row("records/s (this run)", f"{man['timings']['records_per_s']:.2f}")
+    for role, u in man["usage"].items():
+        table.add_row(f"{role} ({u['model']})",
+                      f"{u['requests']} req, {u['prompt_tokens']}+{u['completion_tokens']} tok, "
+                      f"{u['retries']} retries, {u['failed']} failed")
+    out.print(table)
+    if man["failures_by_reason"]:
+        reasons = Table(title="dropped records by reason (details in failures.jsonl)", title_justify="left")
+        reasons.add_column("reason")
+        reasons.add_column("count", justify="right")
+        for reason, count in sorted(man["failures_by_reason"].items(), key=lambda kv: -kv[1]):
+            reasons.add_row(reason, str(count))
+        out.print(reasons)
+    for note in stats.notes:
+        out.print(f"[yellow]note:[/] {note}", highlight=False)
+    if stats.state == "succeeded":
+        out.print(f"dataset: datasets.load_from_disk({str(result.out)!r})", highlight=False)
+    elif stats.state == "stopped":
+        out.print("stopped; continue with the same command and --resume", highlight=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
