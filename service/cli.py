@@ -108,7 +108,7 @@ def run(
     except KeyboardInterrupt:
         raise fail("interrupted; run again with --resume to continue", 130) from None
     _summary(result)
-    if result.stats.state != "succeeded":
+    if result.stats.state not in ("succeeded", "incomplete"):
         raise typer.Exit(3)
 
 
@@ -184,7 +184,7 @@ def _summary(result: RunResult) -> None:
         out.print(reasons)
     for note in stats.notes:
         out.print(f"[yellow]note:[/] {note}", highlight=False)
-    if stats.state == "succeeded":
+    if stats.state in ("succeeded", "incomplete"):
         out.print(f"dataset: datasets.load_from_disk({str(result.out)!r})", highlight=False)
     elif stats.state == "stopped":
         out.print("stopped; continue with the same command and --resume", highlight=False)

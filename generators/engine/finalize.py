@@ -30,7 +30,7 @@ def save_dataset(store: ShardStore) -> datasets.Dataset:
     ds = build_dataset(store)
     for old in out.glob("data-*.arrow"):
         old.unlink()
-    ds.save_to_disk(str(out))
+    ds.save_to_disk(str(out), num_shards=1 if len(ds) == 0 else None)
     shutil.rmtree(store.state / "cache", ignore_errors=True)
     return datasets.load_from_disk(str(out))
 

@@ -32,7 +32,7 @@ from synthgen.settings import Settings, get_settings
 from synthgen.spec import JobSpec
 
 log = logging.getLogger(__name__)
-FINAL_STATES = ("succeeded", "cancelled", "stopped", "failed")
+FINAL_STATES = ("succeeded", "incomplete", "cancelled", "stopped", "failed")
 
 
 @dataclass
@@ -127,11 +127,14 @@ async def run_job(spec: JobSpec, *, settings: Settings | None = None, stats: Run
             stats.state = "running"
             await _drive(spec, gen, params, prompts, store, stats, done, concurrency, stop, resources, on_flush)
         await store.flush(stats.usage())
-        stats.state = "stopped" if stats.records < spec.n and stop.is_set() else "finishing"
         dataset = None
-        if stats.state == "finishing":
+        if stats.records < spec.n and stop.is_set():
+            stats.state = "stopped"  # resumable: the dataset is written when the run completes
+        else:
+            stats.state = "finishing"
             dataset = await asyncio.to_thread(save_dataset, store)
-            stats.state = "succeeded"
+            # "incomplete": the input budget ran out before n records passed the checks.
+            stats.state = "succeeded" if stats.records >= spec.n else "incomplete"
     finally:
         if roles is None:
             await close_roles(stats.roles)

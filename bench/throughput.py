@@ -1,0 +1,146 @@
+"""Engine throughput against a loopback OpenAI-compatible server with fixed latency.
+
+Measured side by side in one run, each client in its own process against the same server
+process: (a) the ceiling, a plain aiohttp client (asyncio's default loop, stdlib json, one
+session, a semaphore) sending single-turn chat requests; (b) persona-qa records through the
+engine, counting every request it sends. Both at the same concurrency. The last line is a
+JSON object with ceiling_rps, engine_rps, ratio and peak_rss_mb.
+
+`--memory` instead runs the engine for 10k and 100k records and reports RSS growth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(latency: float) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "synthgen.loopback_server", "--port", str(port),
+                             "--latency", str(latency)])
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, f"http://127.0.0.1:{port}/v1"
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("loopback server did not start")
+
+
+# -- (a) the ceiling: plain aiohttp, default loop, stdlib json ---------------------------------
+async def _ceiling(base_url: str, concurrency: int, seconds: float) -> float:
+    import aiohttp
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "日本の首都はどこですか。"}],
+            "max_tokens": 64, "temperature": 0.7}
+    sem = asyncio.Semaphore(concurrency)
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def worker() -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                async with sem, session.post(f"{base_url}/chat/completions", data=json.dumps(body),
+                                             headers={"Content-Type": "application/json"}) as resp:
+                    data = json.loads(await resp.read())
+                    assert data["choices"][0]["message"]["content"]
+                done += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return done / (time.perf_counter() - start)
+
+
+# -- (b) the engine: persona-qa records ---------------------------------------------------------
+def _engine(base_url: str, concurrency: int, records: int) -> dict[str, float]:
+    from synthgen.generators.engine.runner import install_fast_loop, run_job
+    from synthgen.spec import JobSpec
+
+    install_fast_loop()
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = JobSpec(generator="persona-qa", n=records, concurrency=concurrency, out=str(Path(tmp) / "run"),
+                       roles={"default": {"base_url": base_url, "model": "m", "concurrency": concurrency,
+                                          "max_tokens": 256}})
+        start = time.perf_counter()
+        result = asyncio.run(run_job(spec))
+        elapsed = time.perf_counter() - start
+        requests = sum(u["requests"] for u in result.manifest["usage"].values())
+        assert result.manifest["counts"]["records"] == records, result.manifest["counts"]
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return {"rps": requests / elapsed, "records_per_s": records / elapsed, "requests": requests,
+                "peak_rss_mb": rss}
+
+
+def _child(args: argparse.Namespace) -> None:
+    if args.child == "ceiling":
+        print(json.dumps({"rps": asyncio.run(_ceiling(args.base_url, args.concurrency, args.seconds))}))
+    else:
+        print(json.dumps(_engine(args.base_url, args.concurrency, args.records)))
+
+
+def _run_child(kind: str, base_url: str, *extra: str) -> dict[str, float]:
+    out = subprocess.run([sys.executable, __file__, "--child", kind, "--base-url", base_url, *extra],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--latency", type=float, default=0.05)
+    parser.add_argument("--seconds", type=float, default=15.0, help="ceiling measurement length")
+    parser.add_argument("--records", type=int, default=8000, help="persona-qa records for the engine run")
+    parser.add_argument("--memory", action="store_true", help="RSS at 10k vs 100k records instead")
+    parser.add_argument("--child", choices=["ceiling", "engine"], help=argparse.SUPPRESS)
+    parser.add_argument("--base-url", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args)
+        return
+    server, base_url = start_server(args.latency)
+    try:
+        c = str(args.concurrency)
+        if args.memory:
+            small = _run_child("engine", base_url, "--concurrency", c, "--records", "10000")
+            large = _run_child("engine", base_url, "--concurrency", c, "--records", "100000")
+            result = {"rss_10k_mb": round(small["peak_rss_mb"], 1), "rss_100k_mb": round(large["peak_rss_mb"], 1),
+                      "growth_mb": round(large["peak_rss_mb"] - small["peak_rss_mb"], 1),
+                      "engine_rps_100k": round(large["rps"], 1)}
+        else:
+            ceiling = _run_child("ceiling", base_url, "--concurrency", c, "--seconds", str(args.seconds))
+            engine = _run_child("engine", base_url, "--concurrency", c, "--records", str(args.records))
+            print(f"ceiling: {ceiling['rps']:.0f} req/s; engine: {engine['rps']:.0f} req/s "
+                  f"({engine['records_per_s']:.0f} persona-qa records/s, {engine['requests']} requests)",
+                  file=sys.stderr)
+            result = {"ceiling_rps": round(ceiling["rps"], 1), "engine_rps": round(engine["rps"], 1),
+                      "ratio": round(engine["rps"] / ceiling["rps"], 3),
+                      "peak_rss_mb": round(engine["peak_rss_mb"], 1)}
+    finally:
+        server.terminate()
+        server.wait(10)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    main()
