@@ -54,9 +54,9 @@ def test_honours_retry_after():
 
 
 def test_no_retry_on_400():
-    with LoopbackServer(_script(Reply(status=400, raw=b'{"error":"bad"}'))) as srv:
-        with pytest.raises(RequestError) as err:
-            asyncio.run(_chat_once(srv))
+    with LoopbackServer(_script(Reply(status=400, raw=b'{"error":"bad"}'))) as srv, \
+            pytest.raises(RequestError) as err:
+        asyncio.run(_chat_once(srv))
     assert err.value.reason == "http_400"
     assert srv.requests == 1
 
