@@ -45,11 +45,9 @@ class Usage:
         return asdict(self)
 
 
-def _backoff(state: Any) -> float:
+def backoff_seconds(attempt: int, exc: BaseException | None) -> float:
     """Exponential backoff with full jitter, but never sooner than the server's Retry-After."""
-    exc = state.outcome.exception() if state.outcome else None
-    base = min(30.0, 0.5 * 2 ** (state.attempt_number - 1))
-    wait = random.uniform(0, base)
+    wait = random.uniform(0, min(30.0, 0.5 * 2 ** (attempt - 1)))
     if isinstance(exc, RequestError) and exc.retry_after is not None:
         wait = max(wait, exc.retry_after)
     return wait
@@ -69,11 +67,7 @@ class Role:
         self._sampling = config.sampling()
         self._timeout = float(config.timeout or DEFAULTS.timeout or 120.0)
         self._sem = asyncio.Semaphore(config.concurrency or DEFAULTS.concurrency or 256)
-        self._retrying = AsyncRetrying(
-            stop=stop_after_attempt(config.max_attempts or DEFAULTS.max_attempts or 6),
-            wait=_backoff, retry=retry_if_exception(_retryable), reraise=True,
-            before_sleep=self._count_retry,
-        )
+        self._attempts = config.max_attempts or DEFAULTS.max_attempts or 6
 
     def _count_retry(self, _state: Any) -> None:
         self.usage.retries += 1
@@ -84,7 +78,7 @@ class Role:
         usage = self.usage
         start = time.perf_counter()
         try:
-            result = await self._retrying(self._once, messages, params)
+            result = await self._with_retries(messages, params)
         except RequestError as exc:
             usage.failed += 1
             usage.failures_by_reason[exc.reason] = usage.failures_by_reason.get(exc.reason, 0) + 1
@@ -94,6 +88,22 @@ class Role:
         usage.completion_tokens += result.completion_tokens
         usage.latency_s += time.perf_counter() - start
         return result
+
+    async def _with_retries(self, messages: list[Message], params: dict[str, Any]) -> ChatResult:
+        """First attempt inline (the common case costs nothing extra); tenacity for the rest."""
+        try:
+            return await self._once(messages, params)
+        except RequestError as exc:
+            if not exc.retryable or self._attempts <= 1:
+                raise
+            self.usage.retries += 1
+            await asyncio.sleep(backoff_seconds(1, exc))
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._attempts - 1),
+            wait=lambda s: backoff_seconds(s.attempt_number + 1, s.outcome.exception() if s.outcome else None),
+            retry=retry_if_exception(_retryable), reraise=True, before_sleep=self._count_retry,
+        )
+        return await retrying(self._once, messages, params)
 
     async def _once(self, messages: list[Message], params: dict[str, Any]) -> ChatResult:
         async with self._sem:
