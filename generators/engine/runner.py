@@ -24,7 +24,7 @@ from synthgen import __version__
 from synthgen.generators import plugin
 from synthgen.generators.engine.checkpoint import ShardStore
 from synthgen.generators.engine.errors import RequestError
-from synthgen.generators.engine.finalize import save_dataset, write_manifest
+from synthgen.generators.engine.finalize import publish, save_dataset, write_manifest
 from synthgen.generators.engine.keys import record_key, row_key, seed_of
 from synthgen.generators.engine.roles import Role, build_roles, close_roles, resolve_roles
 from synthgen.generators.prompts import Prompts
@@ -140,6 +140,12 @@ async def run_job(spec: JobSpec, *, settings: Settings | None = None, stats: Run
             await close_roles(stats.roles)
     manifest = _manifest(spec, gen, params, resolved, prompts, store, stats, started_wall, features)
     write_manifest(out, manifest)
+    if dataset is not None and spec.publish is not None:
+        token = spec.publish.token.get_secret_value() if spec.publish.token else None
+        manifest["published"] = await asyncio.to_thread(
+            publish, dataset, out, spec.publish.repo_id, private=spec.publish.private, token=token,
+            split=spec.publish.split)
+        write_manifest(out, manifest)
     return RunResult(out=out, stats=stats, manifest=manifest, dataset=dataset)
 
 
