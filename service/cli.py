@@ -86,6 +86,9 @@ def run(
     out: Annotated[Path | None, typer.Option(help="output folder")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="on resume, retry failed records")] = False,
+    push_to_hub: Annotated[str | None, typer.Option(help="push the finished dataset to this Hub repo (user/name)")] = None,
+    hub_token: Annotated[str | None, typer.Option(envvar="HF_TOKEN", help="Hub token (default: HF_TOKEN)")] = None,
+    public: Annotated[bool, typer.Option("--public", help="make the pushed dataset public")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Run a generator and write a Hugging Face dataset to --out."""
@@ -94,7 +97,9 @@ def run(
         gen = plugin.get(generator)
         flags: dict[str, Any] = {"n": n, "seed": seed, "concurrency": concurrency, "max_inputs": max_inputs,
                                  "out": str(out) if out else None, "resume": resume or None,
-                                 "retry_failed": retry_failed or None}
+                                 "retry_failed": retry_failed or None,
+                                 "publish": {"repo_id": push_to_hub, "token": hub_token, "private": not public}
+                                 if push_to_hub else None}
         spec = build_spec(generator, gen.roles, config=config, sets=sets or [], flags=flags,
                           base_url=base_url, model=model, api_key=api_key)
         spec = _smoke_defaults(spec, gen.roles)
