@@ -50,10 +50,14 @@ class RecordContext:
     roles: Mapping[str, Role]
     prompts: Prompts
     resources: Any = None
-    rng: random.Random = field(init=False)
+    _rng: random.Random | None = field(default=None, init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        self.rng = random.Random(self.seed)
+    @property
+    def rng(self) -> random.Random:
+        """A per-record RNG seeded from the key, so a retried or resumed record draws the same."""
+        if self._rng is None:
+            self._rng = random.Random(self.seed)
+        return self._rng
 
     def role(self, name: str) -> Role:
         return self.roles[name]

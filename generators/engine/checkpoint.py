@@ -63,6 +63,16 @@ class Progress:
         return orjson.dumps(self.__dict__, option=orjson.OPT_INDENT_2)
 
 
+def _needs_encoding(feature: Any) -> bool:
+    if isinstance(feature, dict):
+        return any(_needs_encoding(f) for f in feature.values())
+    if isinstance(feature, list | tuple):
+        return any(_needs_encoding(f) for f in feature)
+    if isinstance(feature, datasets.Sequence | datasets.LargeList | datasets.List):
+        return _needs_encoding(feature.feature)
+    return not isinstance(feature, datasets.Value)
+
+
 class ShardStore:
     """Buffers rows and failures in memory and commits them together on `flush`."""
 
@@ -71,6 +81,8 @@ class ShardStore:
         self.state = out / STATE_DIR
         self.features = features
         self.schema = features.arrow_schema
+        # Images (and other media) must be encoded to {bytes, path}; plain values need nothing.
+        self._needs_encoding = any(_needs_encoding(f) for f in features.values())
         self.progress = progress
         self._rows: list[dict[str, Any]] = []
         self._records = 0
@@ -155,8 +167,11 @@ class ShardStore:
         p = self.progress
         if rows:
             name = f"rows-{len(p.shards):06d}.parquet"
-            columns = self.features.encode_batch({k: [r.get(k) for r in rows] for k in self.features})
-            table = pa.Table.from_pydict(columns, schema=self.schema)
+            if self._needs_encoding:
+                columns = self.features.encode_batch({k: [r.get(k) for r in rows] for k in self.features})
+                table = pa.Table.from_pydict(columns, schema=self.schema)
+            else:  # plain values: Arrow converts them directly, much faster than encode_batch
+                table = pa.Table.from_pylist(rows, schema=self.schema)
             path = self.state / name
             with open(path, "wb") as fh:
                 pq.write_table(table, fh, compression="zstd")

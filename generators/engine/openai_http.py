@@ -26,6 +26,7 @@ class OpenAIHTTPClient:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._extra = dict(extra_body or {})
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -36,10 +37,11 @@ class OpenAIHTTPClient:
 
     async def complete(self, messages: list[Message], sampling: dict[str, Any], timeout: float) -> ChatResult:
         body = {"model": self.model, "messages": messages, **self._extra, **sampling}
+        client_timeout = self._timeouts.get(timeout)
+        if client_timeout is None:
+            client_timeout = self._timeouts[timeout] = aiohttp.ClientTimeout(total=timeout)
         try:
-            async with self._get_session().post(
-                self.url, data=orjson.dumps(body), timeout=aiohttp.ClientTimeout(total=timeout)
-            ) as resp:
+            async with self._get_session().post(self.url, data=orjson.dumps(body), timeout=client_timeout) as resp:
                 raw = await resp.read()
                 if resp.status != 200:
                     raise http_error(resp.status, raw.decode("utf-8", "replace"), resp.headers.get("Retry-After"))
