@@ -117,27 +117,27 @@ async def generate(item: dict[str, Any], ctx: RecordContext) -> list[dict[str, A
 
 def _question(result: ChatResult, p: Params, *, turn: int) -> str:
     text = strip_label(result.text)
-    if result.finish_reason == "length":
-        raise Skip("truncated_question", f"Q{turn}: {text[-200:]}")
     if not text:
         raise Skip("empty_question", f"Q{turn}")
+    if not is_japanese(text, p.japanese_min_ratio):
+        raise Skip("not_japanese", f"Q{turn}: {text[:300]}")
+    if result.finish_reason == "length":
+        raise Skip("truncated_question", f"Q{turn}: {text[-200:]}")
     if len(text) > p.max_question_chars:
         raise Skip("question_too_long", f"Q{turn}: {len(text)} chars")
     if leaks_answer(text):
         raise Skip("question_leaks_answer", f"Q{turn}: {text[:300]}")
-    if not is_japanese(text, p.japanese_min_ratio):
-        raise Skip("not_japanese", f"Q{turn}: {text[:300]}")
     return text
 
 
 def _answer(result: ChatResult, p: Params, *, turn: int) -> str:
     text = strip_label(result.text)
-    if result.finish_reason == "length":
-        raise Skip("truncated_answer", f"A{turn}: {text[-200:]}")
     if len(text) < p.min_answer_chars:
         raise Skip("answer_too_short", f"A{turn}: {text!r}")
     if not is_japanese(text, p.japanese_min_ratio):
         raise Skip("not_japanese", f"A{turn}: {text[:300]}")
+    if result.finish_reason == "length":
+        raise Skip("truncated_answer", f"A{turn}: {text[-200:]}")
     return text
 
 

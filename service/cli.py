@@ -93,6 +93,7 @@ def run(
 ) -> None:
     """Run a generator and write a Hugging Face dataset to --out."""
     logging.basicConfig(level=get_settings().log_level, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_library_progress()
     try:
         gen = plugin.get(generator)
         flags: dict[str, Any] = {"n": n, "seed": seed, "concurrency": concurrency, "max_inputs": max_inputs,
@@ -115,6 +116,19 @@ def run(
     _summary(result)
     if result.stats.state not in ("succeeded", "incomplete"):
         raise typer.Exit(3)
+
+
+def _quiet_library_progress() -> None:
+    """Our own progress bar and summary say it all; library bars would only interleave."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
 
 
 def _smoke_defaults(spec: Any, roles: tuple[str, ...]) -> Any:
