@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -87,7 +88,7 @@ class Generator:
     # One input -> rows (usually one). Raise Skip to drop it with a reason.
     generate: Callable[[dict[str, Any], RecordContext], Awaitable[list[dict[str, Any]]]]
     # Folder under prompts/ holding this generator's Jinja2 templates.
-    prompt_dir: str | None = None
+    prompt_dir: str | Path | None = None
     # Run-wide resources (a browser pool, an image downloader): an async context manager
     # built from the params, entered once per run; its value is `RecordContext.resources`.
     resources: Callable[[BaseModel], AbstractAsyncContextManager[Any]] | None = None
