@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import datasets
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from synthgen.generators.engine.messages import ChatResult, assistant, system, user
 from synthgen.generators.plugin import Generator, InputContext, RecordContext, Skip
@@ -40,6 +40,8 @@ DEFAULT_TASKS = [
 
 class Params(BaseModel):
     """Parameters of persona-qa; defaults reproduce the seeds' setup on our own persona set."""
+
+    model_config = ConfigDict(extra="forbid")
 
     personas: str | None = Field(None, description="'builtin' (default), a local jsonl/parquet/csv, or a Hub dataset id")
     persona_column: str | None = None

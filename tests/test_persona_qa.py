@@ -105,6 +105,8 @@ def test_config_errors_are_one_clear_line(tmp_path):
                 "--model", "M")
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "temperature" in proc.stderr
+    proc = _run("run", "persona-qa", "--set", "params.tunrs=3", "--base-url", "http://127.0.0.1:9/v1", "--model", "M")
+    assert proc.returncode == 2 and "tunrs" in proc.stderr and "Traceback" not in proc.stderr
     proc = _run("run", "no-such-generator")
     assert proc.returncode == 2 and "unknown generator" in proc.stderr
     proc = _run("run", "persona-qa", "--base-url", "http://127.0.0.1:9/v1")
