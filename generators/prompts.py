@@ -18,6 +18,7 @@ class Prompts:
     def __init__(self, folder: str | Path | None) -> None:
         self._templates: dict[str, jinja2.Template] = {}
         self.hashes: dict[str, str] = {}
+        self._static: dict[str, str] = {}
         if folder is None:
             return
         root = Path(folder) if isinstance(folder, Path) else Path(str(files("synthgen.prompts") / folder))
@@ -33,11 +34,16 @@ class Prompts:
             self.hashes[path.stem] = hashlib.sha256(source.encode()).hexdigest()[:16]
 
     def render(self, name: str, **variables: Any) -> str:
+        if not variables and name in self._static:
+            return self._static[name]  # a template without variables renders the same every record
         try:
             template = self._templates[name]
         except KeyError:
             raise KeyError(f"no prompt template {name!r}; have {sorted(self._templates)}") from None
-        return template.render(**variables).strip()
+        text = template.render(**variables).strip()
+        if not variables:
+            self._static[name] = text
+        return text
 
     @property
     def fingerprint(self) -> str:

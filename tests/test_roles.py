@@ -154,3 +154,50 @@ def test_roles_with_same_endpoint_share_a_client():
     roles = build_roles(resolve_roles(cfg, ("writer", "answerer")))
     assert roles["writer"].client is roles["answerer"].client
     asyncio.run(close_roles(roles))
+
+
+def test_admission_halves_on_429_and_recovers():
+    from synthgen.generators.engine.admission import AdaptiveLimit
+
+    limit = AdaptiveLimit(16, cooldown=0.0)
+    limit.overloaded()
+    assert limit.limit == 8
+    limit.overloaded()
+    assert limit.limit == 4
+    for _ in range(4 + 5 + 6):
+        limit.succeeded()
+    assert limit.limit == 7
+    for _ in range(1000):
+        limit.succeeded()
+    assert limit.limit == 16  # never above the configured concurrency
+
+
+def test_admission_cancelled_waiters_do_not_leak_slots():
+    from synthgen.generators.engine.admission import AdaptiveLimit
+
+    async def go():
+        limit = AdaptiveLimit(1)
+        await limit.acquire()
+        waiter = asyncio.create_task(limit.acquire())
+        await asyncio.sleep(0)
+        waiter.cancel()
+        limit.release()
+        await asyncio.gather(waiter, return_exceptions=True)
+        assert limit.in_use == 0
+        await asyncio.wait_for(limit.acquire(), 1)
+
+    asyncio.run(go())
+
+
+def test_a_burst_of_429s_lowers_the_roles_limit():
+    with LoopbackServer(_script(*[Reply(status=429, headers={"Retry-After": "0"})] * 3)) as srv:
+        roles = _roles(srv, concurrency=64)
+
+        async def go():
+            try:
+                await roles["writer"].chat([{"role": "user", "content": "x"}])
+            finally:
+                await close_roles(roles)
+
+        asyncio.run(go())
+    assert roles["writer"].admission.limit < 64

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
+from synthgen.generators.engine.admission import AdaptiveLimit
 from synthgen.generators.engine.errors import RequestError
 from synthgen.generators.engine.messages import ChatResult, Message
 from synthgen.spec import DEFAULT_ROLE, RoleConfig
@@ -66,7 +67,7 @@ class Role:
         self.usage = Usage()
         self._sampling = config.sampling()
         self._timeout = float(config.timeout or DEFAULTS.timeout or 120.0)
-        self._sem = asyncio.Semaphore(config.concurrency or DEFAULTS.concurrency or 256)
+        self.admission = AdaptiveLimit(config.concurrency or DEFAULTS.concurrency or 256)
         self._attempts = config.max_attempts or DEFAULTS.max_attempts or 6
 
     def _count_retry(self, _state: Any) -> None:
@@ -106,8 +107,18 @@ class Role:
         return await retrying(self._once, messages, params)
 
     async def _once(self, messages: list[Message], params: dict[str, Any]) -> ChatResult:
-        async with self._sem:
-            return await self.client.complete(messages, params, self._timeout)
+        admission = self.admission
+        await admission.acquire()
+        try:
+            result = await self.client.complete(messages, params, self._timeout)
+        except RequestError as exc:
+            if exc.reason == "http_429":
+                admission.overloaded()
+            raise
+        finally:
+            admission.release()
+        admission.succeeded()
+        return result
 
 
 def resolve_roles(configured: Mapping[str, RoleConfig], needed: tuple[str, ...]) -> dict[str, RoleConfig]:
