@@ -104,20 +104,46 @@ class UnknownGenerator(LookupError):
     pass
 
 
+def _load(ep: Any) -> Generator:
+    gen = ep.load()
+    if not isinstance(gen, Generator):
+        raise TypeError(f"entry point {ep.name!r} ({ep.value}) is not a synthgen Generator")
+    return gen
+
+
+def broken() -> dict[str, str]:
+    """Registered generators that fail to load, with the reason.
+
+    Kept apart from `available()` so one third-party plugin with a missing dependency
+    cannot take every other generator down with it.
+    """
+    bad: dict[str, str] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            _load(ep)
+        except Exception as exc:
+            bad[ep.name] = f"{type(exc).__name__}: {exc}"
+    return dict(sorted(bad.items()))
+
+
 def available() -> dict[str, Generator]:
-    """All generators registered under the `synthgen.generators` entry-point group."""
+    """Generators registered under the `synthgen.generators` entry-point group that load."""
     found: dict[str, Generator] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        gen = ep.load()
-        if not isinstance(gen, Generator):
-            raise TypeError(f"entry point {ep.name!r} ({ep.value}) is not a synthgen Generator")
-        found[ep.name] = gen
+        try:
+            found[ep.name] = _load(ep)
+        except Exception:
+            continue
     return dict(sorted(found.items()))
 
 
 def get(name: str) -> Generator:
-    gens = available()
-    if name not in gens:
-        known = ", ".join(gens) or "none"
+    """Load one generator by name; its own import error is raised, not hidden."""
+    eps = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    if name not in eps:
+        known = ", ".join(sorted(available())) or "none"
         raise UnknownGenerator(f"unknown generator {name!r} (known: {known})")
-    return gens[name]
+    try:
+        return _load(eps[name])
+    except Exception as exc:
+        raise UnknownGenerator(f"generator {name!r} is registered but failed to load: {exc}") from exc
