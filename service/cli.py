@@ -69,6 +69,9 @@ def list_generators(as_json: Annotated[bool, typer.Option("--json", help="print 
             table.add_row(field_name, kind, shown[:40] + ("…" if len(shown) > 40 else ""), field.description or "")
         out.print(table)
         out.print(f"  roles: {', '.join(gen.roles)}    reads: {gen.reads}\n")
+    for name, why in plugin.broken().items():
+        console.print(f"[yellow]warning:[/] generator {name!r} is registered but does not load: {why}",
+                      highlight=False, soft_wrap=True)
 
 
 @app.command("run")
