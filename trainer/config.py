@@ -1,0 +1,176 @@
+"""Training config: one pydantic model read from YAML or TOML, with `a.b=c` overrides.
+
+Defaults follow LLaVA-1.5 / LLaVA-JP practice: stage 1 (projector only) lr 1e-3, batch 256
+equivalent, no weight decay; stage 2 (projector + LM) lr 2e-5; cosine schedule, 3% warmup, one epoch.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(Strict):
+    vision: str = Field(description="vision tower: Hub id or local path (CLIP, SigLIP, any ViT-style encoder)")
+    lm: str | None = Field(None, description="causal LM: Hub id or local path")
+    init_from: str | None = Field(None, description="an existing LLaVA checkpoint to continue from instead of vision+lm")
+    vision_revision: str | None = None
+    lm_revision: str | None = None
+    projector_act: str = "gelu"
+    vision_feature_layer: int = -2
+    vision_feature_select_strategy: Literal["auto", "default", "full"] = "auto"
+    image_token: str = "<image>"
+    system_prompt: str | None = None
+    attn_implementation: str | None = None
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _sources(self) -> ModelConfig:
+        if self.init_from is None and self.lm is None:
+            raise ValueError("model.lm is required unless model.init_from names a LLaVA checkpoint")
+        return self
+
+
+class SourceConfig(Strict):
+    path: str = Field(description="datasets folder (save_to_disk), Hub dataset id, or LLaVA JSON file")
+    format: Literal["auto", "synthgen", "llava_json"] = "auto"
+    weight: float = Field(1.0, gt=0, description="sampling weight: copies of this source per epoch (0.5 = half)")
+    split: str = "train"
+    image_root: str | None = Field(None, description="folder that LLaVA JSON image paths are relative to")
+    image_column: str = "image"
+    messages_column: str = "messages"
+    limit: int | None = Field(None, gt=0)
+
+
+class DataConfig(Strict):
+    sources: list[SourceConfig] = Field(min_length=1)
+    max_length: int = Field(2048, ge=16)
+    packing: bool = False
+    num_workers: int = Field(2, ge=0)
+    prefetch_factor: int = Field(4, ge=1)
+    seed: int = 0
+
+
+class LoraConfig(Strict):
+    r: int = Field(64, ge=1)
+    alpha: int = 128
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | str = "all-linear"
+
+
+class StageConfig(Strict):
+    name: str
+    train_projector: bool = True
+    train_lm: Literal["frozen", "full", "lora"] = "frozen"
+    train_vision: bool = False
+    learning_rate: float = Field(gt=0)
+    vision_learning_rate: float | None = Field(None, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
+    batch_size: int = Field(16, ge=1, description="per device")
+    grad_accum: int = Field(1, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    max_grad_norm: float | None = 1.0
+    cached_features: bool = Field(True, description="use the on-disk vision feature cache when the vision tower is frozen")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+    @model_validator(mode="after")
+    def _trains_something(self) -> StageConfig:
+        if not (self.train_projector or self.train_vision or self.train_lm != "frozen"):
+            raise ValueError(f"stage {self.name!r} trains nothing")
+        return self
+
+    @property
+    def uses_cache(self) -> bool:
+        return self.cached_features and not self.train_vision
+
+
+def default_stages() -> list[StageConfig]:
+    return [
+        StageConfig(name="pretrain", train_projector=True, train_lm="frozen", learning_rate=1e-3, batch_size=32),
+        StageConfig(name="finetune", train_projector=True, train_lm="full", learning_rate=2e-5, batch_size=16),
+    ]
+
+
+class HubConfig(Strict):
+    repo_id: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+    private: bool = True
+    token_env: str = "HF_TOKEN"
+
+
+class TrainConfig(Strict):
+    model: ModelConfig
+    data: DataConfig
+    stages: list[StageConfig] = Field(default_factory=default_stages, min_length=1)
+    output_dir: str
+    run_dir: str | None = Field(None, description="status.json, checkpoints, TensorBoard logs; default output_dir")
+    feature_cache_dir: str | None = Field(None, description="default <output_dir>/feature_cache")
+    feature_cache_dtype: Literal["float32", "float16"] = "float32"
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    gradient_checkpointing: bool = False
+    seed: int = 42
+    logging_steps: int = Field(10, ge=1)
+    save_steps: int = Field(500, ge=1)
+    save_total_limit: int = Field(2, ge=1)
+    resume: bool = True
+    merge_lora: bool = Field(True, description="fold LoRA weights into the saved model so plain transformers loads it")
+    deepspeed: str | None = Field(None, description="DeepSpeed JSON config (zero2/zero3 shipped in synthgen/trainer/configs)")
+    report_to: list[Literal["tensorboard"]] = Field(default_factory=lambda: ["tensorboard"])
+    push_to_hub: HubConfig | None = None
+
+    @field_validator("stages")
+    @classmethod
+    def _unique_names(cls, stages: list[StageConfig]) -> list[StageConfig]:
+        names = [s.name for s in stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique: {names}")
+        return stages
+
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir or self.output_dir)
+
+    def resolved_cache_dir(self) -> Path:
+        return Path(self.feature_cache_dir or Path(self.output_dir) / "feature_cache")
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    text = Path(path).read_text(encoding="utf-8")
+    if Path(path).suffix.lower() == ".toml":
+        return tomllib.loads(text)
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`stages.0.learning_rate=1e-4` style overrides; values parse as YAML scalars."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not KEY=VALUE")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw)
+        node: Any = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+        last = parts[-1]
+        if isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return data
+
+
+def load_config(path: Path, overrides: list[str] | None = None) -> TrainConfig:
+    return TrainConfig.model_validate(apply_overrides(read_config_file(path), overrides or []))
