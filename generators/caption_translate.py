@@ -1,0 +1,200 @@
+"""caption-translate: a VLM captions each image in several styles, an LLM turns each into Japanese.
+
+The recipe of the seeds' Tanuki-vision data: VLMs describe best in English, Japanese LLMs
+write the better Japanese. Per record, the style captions are requested at once (so a vLLM
+server batches them) and each caption's translation starts the moment that caption is
+back, so with the VLM and the LLM on different servers both stay busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterator
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Literal, TypeVar
+
+import datasets
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from synthgen.generators.engine.messages import ChatResult, assistant, image_part, user
+from synthgen.generators.images.checks import is_refusal, length_ratio, strip_translation_label
+from synthgen.generators.images.download import Downloader, open_downloader
+from synthgen.generators.images.normalize import NormalizedImage
+from synthgen.generators.images.sources import ImageInputParams, describe, iter_items, load_image
+from synthgen.generators.plugin import Generator, InputContext, RecordContext, Skip
+from synthgen.generators.textcheck import is_japanese
+
+Style = Literal["short", "detailed", "dense"]
+STYLE_LABELS = {"short": "短いキャプション", "detailed": "詳しい説明文", "dense": "物体・文字・位置関係を細かく書いた説明文"}
+# Sensible translated/original length (characters) by caption language: English->Japanese
+# shrinks to roughly a third to a half; Japanese->Japanese polishing stays near 1.
+DEFAULT_RATIOS = {"en": (0.12, 1.5), "ja": (0.5, 2.0)}
+T = TypeVar("T")
+
+
+class Params(ImageInputParams):
+    styles: list[Style] = Field(default_factory=lambda: ["short", "detailed", "dense"], min_length=1,
+                                description="caption styles the VLM writes for every image")
+    caption_language: Literal["en", "ja"] = Field("en", description="language the VLM writes in (as it does best)")
+    polish_japanese: bool = Field(True, description="with caption_language=ja, let the translator polish the Japanese")
+    conversation: Literal["all", "one"] = Field(
+        "all", description="messages: one turn per style (shuffled) or a single turn with a random style")
+    min_caption_chars: int = Field(8, ge=1)
+    length_ratio: tuple[float, float] | None = Field(
+        None, description="allowed Japanese/original length ratio (default: 0.12-1.5 from English, 0.5-2.0 from Japanese)")
+    japanese_min_ratio: float = Field(0.3, ge=0, le=1)
+
+    @field_validator("styles")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"styles must be unique: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _ratio_order(self) -> Params:
+        if self.length_ratio is not None and not 0 < self.length_ratio[0] < self.length_ratio[1]:
+            raise ValueError("length_ratio must be (low, high) with 0 < low < high")
+        return self
+
+    def ratio_bounds(self) -> tuple[float, float]:
+        return self.length_ratio or DEFAULT_RATIOS[self.caption_language]
+
+
+def features(params: BaseModel) -> datasets.Features:
+    p: Params = params  # type: ignore[assignment]
+    by_style = {s: datasets.Value("string") for s in p.styles}
+    return datasets.Features({
+        "image": datasets.Image(),
+        "image_sha256": datasets.Value("string"),
+        "width": datasets.Value("int32"),
+        "height": datasets.Value("int32"),
+        "source": datasets.Value("string"),
+        "caption_language": datasets.Value("string"),
+        "captions": by_style,
+        "captions_ja": dict(by_style),
+        "messages": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
+        "models": {"vlm": datasets.Value("string"), "translator": datasets.Value("string")},
+    })
+
+
+def inputs(ctx: InputContext) -> Iterator[dict[str, Any]]:
+    yield from iter_items(ctx.params)  # type: ignore[arg-type]
+
+
+def resources(params: BaseModel) -> AbstractAsyncContextManager[Downloader]:
+    return open_downloader(params.download_limits())  # type: ignore[attr-defined]
+
+
+async def generate(item: dict[str, Any], ctx: RecordContext) -> list[dict[str, Any]]:
+    p: Params = ctx.params  # type: ignore[assignment]
+    img = await load_image(item, p, ctx.resources)
+    picture = image_part(img.data)
+    done = await first_failure_cancels([_style(style, picture, p, ctx) for style in p.styles])
+    captions = {style: src for style, src, _ in done}
+    captions_ja = {style: ja for style, _, ja in done}
+    return [{
+        "image": image_row(img),
+        "image_sha256": img.sha256, "width": img.width, "height": img.height,
+        "source": describe(item, p.source), "caption_language": p.caption_language,
+        "captions": captions, "captions_ja": captions_ja,
+        "messages": _conversation(captions_ja, p, ctx),
+        "models": {"vlm": ctx.role("vlm").model, "translator": ctx.role("translator").model},
+    }]
+
+
+async def _style(style: str, picture: dict[str, Any], p: Params, ctx: RecordContext) -> tuple[str, str, str]:
+    """Caption one style, then translate it at once: no wait for the record's other styles."""
+    prompt = ctx.prompts.render("caption", style=style, language=p.caption_language)
+    caption = _check_caption(await ctx.role("vlm").chat([user([picture, {"type": "text", "text": prompt}])]),
+                             style, p)
+    if p.caption_language == "ja" and not p.polish_japanese:
+        return style, caption, caption
+    template = "translate" if p.caption_language == "en" else "polish"
+    ask = ctx.prompts.render(template, caption=caption, style_label=STYLE_LABELS[style])
+    japanese = _check_translation(await ctx.role("translator").chat([user(ask)]), caption, style, p)
+    return style, caption, japanese
+
+
+def _check_caption(result: ChatResult, style: str, p: Params) -> str:
+    text = result.text.strip()
+    if not text:
+        raise Skip("empty_caption", style)
+    if is_refusal(text):
+        raise Skip("caption_refusal", f"{style}: {text[:300]}")
+    if result.finish_reason == "length":
+        raise Skip("truncated_caption", f"{style}: {text[-200:]}")
+    if len(text) < p.min_caption_chars:
+        raise Skip("caption_too_short", f"{style}: {text!r}")
+    if p.caption_language == "ja" and not is_japanese(text, p.japanese_min_ratio):
+        raise Skip("caption_not_japanese", f"{style}: {text[:300]}")
+    return text
+
+
+def _check_translation(result: ChatResult, source: str, style: str, p: Params) -> str:
+    text = strip_translation_label(result.text)
+    if not text:
+        raise Skip("empty_translation", style)
+    if is_refusal(text):
+        raise Skip("translation_refusal", f"{style}: {text[:300]}")
+    if result.finish_reason == "length":
+        raise Skip("truncated_translation", f"{style}: {text[-200:]}")
+    if not is_japanese(text, p.japanese_min_ratio):
+        raise Skip("translation_not_japanese", f"{style}: {text[:300]}")
+    low, high = p.ratio_bounds()
+    ratio = length_ratio(source, text)
+    if not low <= ratio <= high:
+        raise Skip("translation_length_ratio", f"{style}: {ratio:.2f} not in [{low}, {high}]: {text[:200]}")
+    return text
+
+
+def _conversation(captions_ja: dict[str, str], p: Params, ctx: RecordContext) -> list[dict[str, str]]:
+    """`<image>` and a varied Japanese instruction per turn, answered by the Japanese caption."""
+    styles = list(p.styles)
+    if p.conversation == "one":
+        styles = [ctx.rng.choice(styles)]
+    else:
+        ctx.rng.shuffle(styles)
+    turns: list[dict[str, str]] = []
+    for i, style in enumerate(styles):
+        options = [line.strip() for line in ctx.prompts.render("instructions", style=style).splitlines()
+                   if line.strip()]
+        instruction = ctx.rng.choice(options)
+        turns.append(user(f"<image>\n{instruction}" if i == 0 else instruction))
+        turns.append(assistant(captions_ja[style]))
+    return turns
+
+
+def image_row(img: NormalizedImage) -> dict[str, Any]:
+    """The `datasets.Image` cell: the normalised bytes, no path (the row must stand alone)."""
+    return {"bytes": img.data, "path": None}
+
+
+async def first_failure_cancels(steps: list[Awaitable[T]]) -> list[T]:
+    """Run steps concurrently; the first failure cancels the rest and is raised as itself.
+
+    `asyncio.gather` would leave the siblings of a dropped record running (and spending
+    model time); a TaskGroup cancels them but wraps the error, which the runner must see
+    bare to count its reason.
+    """
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(step) for step in steps]  # type: ignore[arg-type]
+    except BaseExceptionGroup as group:
+        raise group.exceptions[0] from None
+    return [t.result() for t in tasks]
+
+
+generator = Generator(
+    name="caption-translate",
+    version="1",
+    description="VLM captions in several styles (short, detailed, dense), translated into Japanese by an LLM",
+    params_model=Params,
+    roles=("vlm", "translator"),
+    reads="images: a local folder, a parquet/jsonl of paths/bytes/URLs, a saved dataset or a Hub dataset (hf:...)",
+    features=features,
+    inputs=inputs,
+    generate=generate,
+    prompt_dir="caption_translate",
+    resources=resources,
+)

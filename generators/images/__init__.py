@@ -1,0 +1,1 @@
+"""Image inputs shared by the image generators: sources, downloads, normalisation, checks."""
