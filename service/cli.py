@@ -212,6 +212,30 @@ def _summary(result: RunResult) -> None:
         out.print("stopped; continue with the same command and --resume", highlight=False)
 
 
+@app.command("serve")
+def serve_cmd(
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+    workers: Annotated[int, typer.Option(help="worker processes to start alongside the API (0: none)")] = 1,
+) -> None:
+    """Serve the REST API and dashboard, with workers, on the configured data root."""
+    from synthgen.service.api.server import serve
+
+    logging.basicConfig(level=get_settings().log_level, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_library_progress()
+    serve(host=host, port=port, workers=workers)
+
+
+@app.command("worker")
+def worker_cmd() -> None:
+    """Claim queued jobs from the job store and run them until SIGTERM."""
+    from synthgen.service.worker import run_worker
+
+    logging.basicConfig(level=get_settings().log_level, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_library_progress()
+    run_worker()
+
+
 def main() -> None:
     app()
 

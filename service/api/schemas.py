@@ -1,0 +1,107 @@
+"""Response models: what the API promises, documented in the OpenAPI schema."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from synthgen.service.store.models import Job
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class Progress(BaseModel):
+    target: int
+    records: int = Field(0, description="records written (counting those from earlier attempts)")
+    failed: int = Field(0, description="records dropped (see failures_by_reason)")
+    rows: int = 0
+    in_flight: int = 0
+    requests: int = 0
+    tokens: int = 0
+    records_per_s: float = 0.0
+    tokens_per_s: float = 0.0
+    elapsed_s: float = 0.0
+    eta_s: float | None = None
+    engine_state: str | None = None
+    failures_by_reason: dict[str, int] = Field(default_factory=dict)
+    usage: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class JobOut(BaseModel):
+    id: str
+    generator: str
+    status: JobStatus
+    spec: dict[str, Any] = Field(description="the job spec as submitted, secrets masked")
+    out: str = Field(description="output folder, relative to the data root")
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = Field(0, description="times a worker has claimed it (more than 1 after a re-queue)")
+    cancel_requested: bool = False
+    error: str | None = None
+    progress: Progress
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class RecordsPage(BaseModel):
+    job_id: str
+    total: int = Field(description="rows committed so far")
+    offset: int
+    limit: int
+    items: list[dict[str, Any]] = Field(description="rows; images replaced by their URL")
+
+
+class GeneratorOut(BaseModel):
+    name: str
+    version: str
+    description: str
+    roles: list[str]
+    reads: str
+    params_schema: dict[str, Any]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    database: Literal["ok"]
+    version: str
+
+
+def _ts(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, UTC) if value is not None else None
+
+
+def progress_of(job: Job) -> Progress:
+    snap = dict(job.progress or {})
+    tokens = sum(int(u.get("prompt_tokens", 0)) + int(u.get("completion_tokens", 0))
+                 for u in (snap.get("usage") or {}).values())
+    return Progress(
+        target=job.n, records=job.records, failed=job.failed, rows=int(snap.get("rows", 0)),
+        in_flight=int(snap.get("in_flight", 0)) if job.status == "running" else 0,
+        requests=int(snap.get("requests", 0)), tokens=tokens,
+        records_per_s=float(snap.get("records_per_s", 0.0)), tokens_per_s=float(snap.get("tokens_per_s", 0.0)),
+        elapsed_s=float(snap.get("elapsed_s", 0.0)),
+        eta_s=snap.get("eta_s") if job.status == "running" else None,
+        engine_state=snap.get("state"), failures_by_reason=snap.get("failures_by_reason") or {},
+        usage=snap.get("usage") or {},
+    )
+
+
+def job_out(job: Job, data_root_resolved: str) -> JobOut:
+    out = job.out_dir
+    if out.startswith(data_root_resolved):
+        out = out[len(data_root_resolved):].lstrip("/") or "."
+    return JobOut(
+        id=job.id, generator=job.generator, status=job.status, spec=job.spec, out=out,  # type: ignore[arg-type]
+        created_at=_ts(job.created_at), updated_at=_ts(job.updated_at),  # type: ignore[arg-type]
+        started_at=_ts(job.started_at), finished_at=_ts(job.finished_at), attempts=job.attempts,
+        cancel_requested=job.cancel_requested, error=job.error, progress=progress_of(job),
+    )
