@@ -72,6 +72,12 @@ def normalize(data: bytes, limits: Limits = Limits()) -> NormalizedImage:
         raise ImageRejected("not_an_image", f"unrecognised format, starts with {data[:16]!r}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or corrupt streams
         raise ImageRejected("corrupt_image", f"{type(exc).__name__}: {exc}") from None
+    if _already_normal(img, fmt, (width, height), limits):
+        # Our own output (e.g. a caption-translate dataset read by category-recaption): keep the
+        # bytes, so the content hash still names the same image and JPEG is not re-compressed.
+        return NormalizedImage(data=data, width=width, height=height, sha256=hashlib.sha256(data).hexdigest(),
+                               mime="image/png" if fmt == "PNG" else "image/jpeg",
+                               original_size=(width, height), original_format=fmt)
     try:
         img = _upright_rgb(img)
     except (OSError, ValueError, SyntaxError) as exc:
@@ -97,6 +103,12 @@ def _check_size(width: int, height: int, limits: Limits) -> None:
         raise ImageRejected("image_too_small", f"{width}x{height} px, shortest side < {limits.min_side}")
     if max(width, height) / min(width, height) > limits.max_aspect:
         raise ImageRejected("image_aspect_ratio", f"{width}x{height} px, ratio > {limits.max_aspect}")
+
+
+def _already_normal(img: Image.Image, fmt: str, size: tuple[int, int], limits: Limits) -> bool:
+    return (fmt == limits.format.upper() and img.mode == "RGB" and img.size == size
+            and max(img.size) <= limits.max_side and "exif" not in img.info and "icc_profile" not in img.info
+            and not getattr(img, "is_animated", False))
 
 
 def _upright_rgb(img: Image.Image) -> Image.Image:
