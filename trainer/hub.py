@@ -1,0 +1,25 @@
+"""Optional upload of a trained model folder to the Hugging Face Hub."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from synthgen.trainer.config import HubConfig
+
+
+def push_model(folder: Path, hub: HubConfig) -> str:
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"{folder} holds no saved model (config.json missing)")
+    token = os.environ.get(hub.token_env)
+    if not token:
+        raise ValueError(f"push_to_hub: set ${hub.token_env} to a Hub token with write access")
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(hub.repo_id, private=hub.private, exist_ok=True, repo_type="model")
+    info = api.upload_folder(folder_path=str(folder), repo_id=hub.repo_id, repo_type="model",
+                             ignore_patterns=["lora_adapter/*"] if (folder / "config.json").exists() else None,
+                             commit_message="synthgen train")
+    return str(info)

@@ -1,0 +1,340 @@
+"""Run the configured stages: freeze/unfreeze, (cached) data, accelerate loop, checkpoints, saving.
+
+One Accelerator per stage (the trainable set, accumulation and DeepSpeed engine differ per stage).
+Progress goes to run_dir/status.json and TensorBoard; checkpoints to run_dir/checkpoints/<stage>/
+step-N (accelerate's save_state + our position), and `resume` continues from the newest one at
+the optimizer step it stopped at, skipping the micro-batches already consumed in that epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import signal
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.data_loader import prepare_data_loader, skip_first_batches
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import DeepSpeedPlugin, set_seed
+from transformers import get_scheduler
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from synthgen.trainer import features_cache
+from synthgen.trainer.assemble import Assembled, assemble, vision_features, vision_fingerprint
+from synthgen.trainer.config import StageConfig, TrainConfig
+from synthgen.trainer.data import Corpus, Encoder, TrainDataset, build_corpus, collate, epoch_items
+from synthgen.trainer.progress import cancel_requested, write_status
+from synthgen.trainer.saving import save_stage_model
+
+log = logging.getLogger("synthgen.trainer")
+
+
+class Cancelled(Exception):
+    pass
+
+
+class StepModule(torch.nn.Module):
+    """The loss of one batch, from pixels (live tower) or cached tower outputs.
+
+    Cached features go through the projector here and enter LLaVA as its `mm_encoder_outputs`,
+    so both paths share transformers' own image-token merging and loss.
+    """
+
+    def __init__(self, llava: torch.nn.Module):
+        super().__init__()
+        self.llava = llava
+
+    def projector(self) -> torch.nn.Module:
+        inner = self.llava.get_base_model() if hasattr(self.llava, "get_base_model") else self.llava
+        return inner.model.multi_modal_projector
+
+    def forward(self, input_ids, attention_mask, labels, position_ids=None, pixel_values=None,
+                vision_features=None) -> torch.Tensor:
+        kw: dict[str, Any] = dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                                  position_ids=position_ids, use_cache=False)
+        if vision_features is not None:
+            proj = self.projector()
+            image = proj(vision_features.to(proj.linear_1.weight.dtype))
+            kw["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=list(image))}
+        elif pixel_values is not None:
+            kw["pixel_values"] = pixel_values
+        return self.llava(**kw).loss
+
+
+def _parts(llava) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+    inner = llava.get_base_model() if hasattr(llava, "get_base_model") else llava
+    return inner.model.vision_tower, inner.model.multi_modal_projector, inner.model.language_model
+
+
+def apply_stage(llava, stage: StageConfig):
+    """Set requires_grad for the stage (and wrap in LoRA when asked); returns the model to train."""
+    llava.requires_grad_(False)
+    if stage.train_lm == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        leaves = stage.lora.target_modules
+        if leaves == "all-linear":
+            leaves = sorted({n.rsplit(".", 1)[-1] for n, m in llava.model.language_model.named_modules()
+                             if isinstance(m, torch.nn.Linear)})
+        pattern = r".*language_model\..*\.(" + "|".join(leaves) + ")"
+        llava = get_peft_model(llava, LoraConfig(r=stage.lora.r, lora_alpha=stage.lora.alpha,
+                                                 lora_dropout=stage.lora.dropout, target_modules=pattern))
+    vision, projector, lm = _parts(llava)
+    projector.requires_grad_(stage.train_projector)
+    vision.requires_grad_(stage.train_vision)
+    if stage.train_lm == "full":
+        lm.requires_grad_(True)
+        llava.get_output_embeddings().requires_grad_(True)
+    return llava
+
+
+def _param_groups(llava, stage: StageConfig) -> list[dict[str, Any]]:
+    vision, _, _ = _parts(llava)
+    vision_ids = {id(p) for p in vision.parameters()}
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in llava.named_parameters():
+        if p.requires_grad:
+            no_decay = p.ndim < 2 or "norm" in name.lower()
+            groups.setdefault((id(p) in vision_ids, no_decay), []).append(p)
+    out = []
+    for (is_vision, no_decay), params in groups.items():
+        lr = stage.vision_learning_rate if is_vision and stage.vision_learning_rate else stage.learning_rate
+        out.append({"params": params, "lr": lr, "weight_decay": 0.0 if no_decay else stage.weight_decay})
+    return out
+
+
+def _accelerator(cfg: TrainConfig, stage: StageConfig, run_dir: Path) -> Accelerator:
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    plugin = None
+    if cfg.deepspeed:
+        plugin = DeepSpeedPlugin(hf_ds_config=cfg.deepspeed)
+        ds = plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = stage.batch_size
+        if ds.get("gradient_clipping") == "auto":
+            ds["gradient_clipping"] = stage.max_grad_norm or 0.0
+    mp = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[cfg.precision]
+    return Accelerator(mixed_precision=mp, gradient_accumulation_steps=stage.grad_accum, deepspeed_plugin=plugin,
+                       log_with=cfg.report_to or None, project_dir=str(run_dir))
+
+
+class Run:
+    """State shared by the stages of one run."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.run_dir = cfg.resolved_run_dir()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.assembled: Assembled | None = None
+        self.corpus: Corpus | None = None
+        self.image_keys: list[str | None] | None = None
+        self.stop = False
+        self.global_step = 0
+
+    def ensure_model(self, init_from: str | None) -> Assembled:
+        if self.assembled is None:
+            mc = self.cfg.model if init_from is None else self.cfg.model.model_copy(update={"init_from": init_from})
+            self.assembled = assemble(mc)
+        if self.corpus is None:
+            a = self.assembled
+            enc = Encoder(a.tokenizer, self.cfg.model.image_token, a.image_token_id, a.num_image_tokens,
+                          self.cfg.data.max_length, self.cfg.model.system_prompt)
+            self.corpus = build_corpus(self.cfg.data, enc)
+        return self.assembled
+
+    def keys(self) -> list[str | None]:
+        if self.image_keys is None:
+            assert self.corpus is not None
+            self.image_keys = [ref.digest() if (ref := self.corpus.image_ref(ex)) is not None else None
+                               for ex in self.corpus.examples]
+        return self.image_keys
+
+
+def _feature_rows(run: Run, accelerator: Accelerator) -> tuple[features_cache.FeatureReader, np.ndarray]:
+    a, corpus, cfg = run.assembled, run.corpus, run.cfg
+    assert a is not None and corpus is not None
+    fp = vision_fingerprint(a.model, a.processor.image_processor, f"{cfg.model.vision_revision}|{cfg.precision}")
+    store = features_cache.FeatureStore(cfg.resolved_cache_dir(), fp)
+    keys = run.keys()
+    if accelerator.is_main_process:
+        first = {}
+        for i, k in enumerate(keys):
+            if k is not None:
+                first.setdefault(k, i)
+        device = accelerator.device
+        a.model.model.vision_tower.to(device)
+        ip = a.processor.image_processor
+
+        def encode(images: list) -> torch.Tensor:
+            with accelerator.autocast():
+                return vision_features(a.model, ip(images, return_tensors="pt")["pixel_values"].to(device))
+
+        def progress(done: int, total: int) -> None:
+            write_status(run.run_dir, phase=f"caching vision features {done}/{total}")
+
+        features_cache.fill(store, [k for k in keys if k is not None],
+                            lambda k: corpus.image_ref(corpus.examples[first[k]]).load(), encode,
+                            batch_size=32, dtype=np.dtype(cfg.feature_cache_dtype), progress=progress)
+    accelerator.wait_for_everyone()
+    store = features_cache.FeatureStore(cfg.resolved_cache_dir(), fp)
+    return store.reader(), store.rows(keys)
+
+
+def _loader(run: Run, stage: StageConfig, epoch: int, accelerator: Accelerator, features) -> torch.utils.data.DataLoader:
+    cfg, corpus, a = run.cfg, run.corpus, run.assembled
+    assert corpus is not None and a is not None
+    items = epoch_items(corpus, epoch, cfg.data.seed, cfg.data.packing, cfg.data.max_length)
+    reader, rows = features if features is not None else (None, None)
+    ds = TrainDataset(corpus, items, a.processor.image_processor, reader, rows)
+    workers = cfg.data.num_workers
+    dl = torch.utils.data.DataLoader(ds, batch_size=stage.batch_size, shuffle=False, num_workers=workers,
+                                     collate_fn=partial(collate, pad_id=a.tokenizer.pad_token_id),
+                                     prefetch_factor=cfg.data.prefetch_factor if workers else None,
+                                     pin_memory=accelerator.device.type == "cuda", drop_last=False)
+    return prepare_data_loader(dl, accelerator.device, num_processes=accelerator.num_processes,
+                               process_index=accelerator.process_index, put_on_device=True)
+
+
+def _checkpoints(run_dir: Path, stage: str) -> list[Path]:
+    root = run_dir / "checkpoints" / stage
+    found = [p for p in root.glob("step-*") if (p / "position.json").exists()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _save_checkpoint(run: Run, stage: StageConfig, accelerator: Accelerator, position: dict[str, int]) -> None:
+    path = run.run_dir / "checkpoints" / stage.name / f"step-{position['step']}"
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        (path / "position.json").write_text(json.dumps(position))
+        for old in _checkpoints(run.run_dir, stage.name)[: -run.cfg.save_total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def run_stage(run: Run, si: int, stage: StageConfig) -> Path:
+    cfg = run.cfg
+    a = run.assembled
+    assert a is not None and run.corpus is not None
+    accelerator = _accelerator(cfg, stage, run.run_dir)
+    set_seed(cfg.seed + si)
+    llava = apply_stage(a.model, stage)
+    if cfg.gradient_checkpointing:
+        llava.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    features = _feature_rows(run, accelerator) if stage.uses_cache else None
+    step_module = StepModule(llava)
+    optimizer = torch.optim.AdamW(_param_groups(llava, stage), lr=stage.learning_rate, betas=(0.9, 0.999))
+    per_epoch = math.ceil(len(_loader(run, stage, 0, accelerator, features)) / stage.grad_accum)
+    total = stage.max_steps or max(1, math.ceil(stage.epochs * per_epoch))
+    scheduler = get_scheduler(stage.scheduler, optimizer, num_warmup_steps=math.ceil(stage.warmup_ratio * total),
+                              num_training_steps=total)
+    step_module, optimizer = accelerator.prepare(step_module, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    if cfg.report_to:
+        accelerator.init_trackers("tb")
+
+    step, epoch, skip = 0, 0, 0
+    ckpts = _checkpoints(run.run_dir, stage.name) if cfg.resume else []
+    if ckpts:
+        accelerator.load_state(str(ckpts[-1]))
+        pos = json.loads((ckpts[-1] / "position.json").read_text())
+        step, epoch, skip = pos["step"], pos["epoch"], pos["micro"]
+        log.info("stage %s: resuming at step %d (epoch %d, micro-batch %d)", stage.name, step, epoch, skip)
+    write_status(run.run_dir, state="running", stage=stage.name, stage_index=si, step=step, total_steps=total,
+                 phase="training")
+    log.info("stage %s: %d steps (%d per epoch), trainable params %d", stage.name, total, per_epoch,
+             sum(p.numel() for p in llava.parameters() if p.requires_grad))
+    step_module.train()
+    window: list[float] = []
+    tokens, t0 = 0, time.perf_counter()
+    while step < total:
+        dl = _loader(run, stage, epoch, accelerator, features)
+        micro = 0
+        if skip:
+            dl, micro, skip = skip_first_batches(dl, skip), skip, 0
+        for batch in dl:
+            micro += 1
+            with accelerator.accumulate(step_module):
+                loss = step_module(**batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and stage.max_grad_norm:
+                    accelerator.clip_grad_norm_(step_module.parameters(), stage.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            window.append(loss.detach().float().item())
+            tokens += int(batch["attention_mask"].sum())
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            step += 1
+            run.global_step += 1
+            if step % cfg.logging_steps == 0 or step == total:
+                mean = float(np.mean(window))
+                dt = time.perf_counter() - t0
+                lr = scheduler.get_last_lr()[0]
+                accelerator.log({f"{stage.name}/loss": mean, f"{stage.name}/lr": lr,
+                                 f"{stage.name}/tokens_per_s": tokens / dt}, step=run.global_step)
+                if accelerator.is_main_process:
+                    write_status(run.run_dir, step=step, loss=mean, lr=lr)
+                    log.info("stage %s step %d/%d loss %.4f lr %.2e %.0f tok/s", stage.name, step, total, mean, lr,
+                             tokens / dt)
+                window, tokens, t0 = [], 0, time.perf_counter()
+            position = {"step": step, "epoch": epoch, "micro": micro}
+            stopping = run.stop or cancel_requested(run.run_dir)
+            if stopping or (step % cfg.save_steps == 0 and step < total):
+                _save_checkpoint(run, stage, accelerator, position)
+            if stopping:
+                write_status(run.run_dir, state="cancelled", step=step)
+                raise Cancelled
+            if step >= total:
+                break
+        epoch += 1
+    accelerator.end_training()
+    out = Path(cfg.output_dir) if si == len(cfg.stages) - 1 else Path(cfg.output_dir) / "stages" / stage.name
+    write_status(run.run_dir, phase="saving")
+    run.assembled = save_stage_model(accelerator, step_module, a.processor, out, cfg, stage)
+    accelerator.free_memory()
+    return out
+
+
+def run_training(cfg: TrainConfig) -> Path:
+    run = Run(cfg)
+
+    def on_term(signum, frame) -> None:
+        run.stop = True
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        write_status(run.run_dir, state="running", output_dir=cfg.output_dir, error=None)
+        set_seed(cfg.seed)
+        prev: str | None = None
+        out = Path(cfg.output_dir)
+        for si, stage in enumerate(cfg.stages):
+            marker = run.run_dir / "stages" / f"{stage.name}.done.json"
+            if cfg.resume and marker.exists():
+                prev = json.loads(marker.read_text())["model_dir"]
+                run.assembled = None
+                log.info("stage %s already done (%s)", stage.name, prev)
+                continue
+            run.ensure_model(prev)
+            out = run_stage(run, si, stage)
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps({"model_dir": str(out)}))
+            prev = str(out)
+            if cfg.deepspeed:
+                run.assembled = None  # partitioned in place: reload the saved stage for the next one
+        if cfg.push_to_hub:
+            from synthgen.trainer.hub import push_model
+
+            push_model(out, cfg.push_to_hub)
+        write_status(run.run_dir, state="succeeded", output_dir=str(out), phase="done")
+        return out
+    finally:
+        signal.signal(signal.SIGTERM, previous)
