@@ -11,13 +11,16 @@ import importlib.util
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from synthgen.generators.engine.errors import EngineUnavailable, RequestError
 from synthgen.generators.engine.local_batch import LocalRequest, MicroBatcher, truncate_at_stop
 from synthgen.generators.engine.messages import ChatResult, Message
 from synthgen.settings import get_settings
 from synthgen.spec import RoleConfig
+
+if TYPE_CHECKING:
+    from synthgen.generators.engine.transformers_vlm import TransformersVLMClient
 
 log = logging.getLogger(__name__)
 SMOKE_MODEL_NAME = "SmolLM2-135M-Instruct (embedded smoke-test model)"
@@ -52,9 +55,13 @@ class TransformersClient:
         self._batcher = MicroBatcher(self._generate_batch, max_batch=max_batch, thread_name="synthgen-transformers")
 
     @classmethod
-    def from_config(cls, cfg: RoleConfig) -> TransformersClient:
+    def from_config(cls, cfg: RoleConfig) -> TransformersClient | TransformersVLMClient:
         opts = cfg.options
         if cfg.model:
+            from synthgen.generators.engine import transformers_vlm
+
+            if transformers_vlm.is_vision_checkpoint(cfg.model, opts):  # LLaVA-style: processor + VLM
+                return transformers_vlm.TransformersVLMClient.from_config(cfg)
             return cls(cfg.model, gguf_file=opts.get("gguf_file"), device=opts.get("device"),
                        dtype=opts.get("dtype"), max_batch=int(opts.get("max_batch", 8)))
         folder, gguf = embedded_model()
