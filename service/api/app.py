@@ -84,9 +84,21 @@ class LimitsAndTiming:
             self._observe(scope, status, start)
 
     def _observe(self, scope: Scope, status: int, start: float) -> None:
-        route = scope.get("route")
-        path = getattr(route, "path", None) or "unmatched"
+        path = route_template(scope)
         self.latency.labels(scope.get("method", ""), path, str(status)).observe(time.perf_counter() - start)
+
+
+def route_template(scope: Scope) -> str:
+    """`/v1/jobs/{job_id}` rather than the raw path, so label values stay few.
+
+    Rebuilt from the matched path parameters (plain ASGI scope keys), which holds across
+    FastAPI versions that store the prefixed route template in different places.
+    """
+    if "route" not in scope and "endpoint" not in scope:
+        return "unmatched"
+    params = {str(v): k for k, v in (scope.get("path_params") or {}).items()}
+    parts = scope.get("path", "").split("/")
+    return "/".join("{" + params[p] + "}" if p in params else p for p in parts)
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:

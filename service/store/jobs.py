@@ -89,7 +89,7 @@ class JobStore:
 
     def counts_by_status(self) -> dict[str, int]:
         with self.session() as s:
-            return dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).tuples().all())
+            return {status: count for status, count in s.execute(select(Job.status, func.count()).group_by(Job.status))}
 
     def totals(self) -> dict[str, int]:
         with self.session() as s:

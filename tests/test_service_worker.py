@@ -1,0 +1,115 @@
+"""Workers: atomic claims, a SIGKILLed worker's job finished by another with exactly N
+records, SIGTERM hands the job back after flushing."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import datasets
+import pytest
+from fastapi.testclient import TestClient
+from test_service_api import job_body, settings_for, start_worker, status_of, stop, wait_for
+
+from synthgen.loopback_server import LoopbackServer
+from synthgen.service.api import create_app
+from synthgen.service.store import JobStore
+
+
+def _pid_of(worker_id: str) -> int:
+    return int(worker_id.rsplit("-", 2)[-2])
+
+
+@pytest.fixture
+def service(tmp_path):
+    JobStore.open(f"sqlite:///{tmp_path}/synthgen.db").dispose()
+    with LoopbackServer(latency=0.03) as srv, TestClient(create_app(settings_for(tmp_path))) as client:
+        yield client, srv, tmp_path
+
+
+def test_killed_worker_job_is_finished_by_another_with_exactly_n(service):
+    client, srv, root = service
+    workers = [start_worker(root), start_worker(root)]
+    try:
+        n = 120
+        job = client.post("/v1/jobs", json=job_body(srv.base_url, n, concurrency=4)).json()
+        first = wait_for(lambda: (s := status_of(client, job["id"]))["progress"]["records"] >= 20 and s, 60,
+                         "records from the first worker")
+        store: JobStore = client.app.state.store
+        owner = store.get(job["id"]).worker_id
+        victim = next(w for w in workers if w.pid == _pid_of(owner))
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        assert first["status"] == "running"
+        done = wait_for(lambda: (s := status_of(client, job["id"]))["status"] in ("succeeded", "failed") and s,
+                        90, "the survivor to finish the job")
+        assert done["status"] == "succeeded", done
+        assert done["attempts"] == 2 and store.get(job["id"]).worker_id != owner
+        ds = datasets.load_from_disk(str(root / done["out"]))
+        assert len(ds) == n and len(set(ds["key"])) == n
+        page = client.get(f"/v1/jobs/{job['id']}/records", params={"limit": 100, "offset": 100}).json()
+        assert page["total"] == n and len(page["items"]) == 20
+    finally:
+        for w in workers:
+            stop(w)
+
+
+def test_sigterm_releases_the_job_and_another_worker_resumes_it(service):
+    client, srv, root = service
+    first = start_worker(root)
+    second = None
+    try:
+        n = 80
+        job = client.post("/v1/jobs", json=job_body(srv.base_url, n, concurrency=4)).json()
+        wait_for(lambda: status_of(client, job["id"])["progress"]["records"] >= 10, 60, "records")
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(30) == 0
+        released = status_of(client, job["id"])
+        assert released["status"] == "queued" and released["progress"]["records"] >= 10
+        second = start_worker(root)
+        done = wait_for(lambda: (s := status_of(client, job["id"]))["status"] == "succeeded" and s, 90, "resume")
+        ds = datasets.load_from_disk(str(root / done["out"]))
+        assert len(ds) == n and len(set(ds["key"])) == n and done["attempts"] == 2
+    finally:
+        stop(first)
+        if second is not None:
+            stop(second)
+
+
+def test_each_job_is_claimed_exactly_once(tmp_path):
+    store = JobStore.open(f"sqlite:///{tmp_path}/db.sqlite")
+    ids = {store.create(generator="g", public_spec={}, secret_spec_json="{}", out_dir=str(tmp_path / str(i)),
+                        n=1).id for i in range(40)}
+    claimed: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        other = JobStore.open(f"sqlite:///{tmp_path}/db.sqlite", run_migrations=False)
+        while (job := other.claim(name)) is not None:
+            with lock:
+                claimed.append((name, job.id))
+        other.dispose()
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(j for _, j in claimed) == sorted(ids)
+    assert {store.get(j).worker_id for j in ids} == {w for w, _ in claimed}
+
+
+def test_stale_running_jobs_are_requeued_and_cancel_wins(tmp_path):
+    store = JobStore.open(f"sqlite:///{tmp_path}/db.sqlite")
+    a = store.create(generator="g", public_spec={}, secret_spec_json="{}", out_dir="/a", n=1).id
+    b = store.create(generator="g", public_spec={}, secret_spec_json="{}", out_dir="/b", n=1).id
+    assert store.claim("dead-1").id == a and store.claim("dead-2").id == b
+    store.cancel(b)
+    assert store.requeue_stale(60) == 0  # heartbeats are fresh
+    time.sleep(0.05)
+    assert store.requeue_stale(0.01) == 1
+    assert store.get(a).status == "queued" and store.get(b).status == "cancelled"
+    # the dead worker's late heartbeat no longer owns the job
+    assert store.heartbeat(a, "dead-1", None) == (False, False)
+    assert store.finish(a, "dead-1", "succeeded") is False
