@@ -124,8 +124,11 @@ def create_app(settings: Settings | None = None, store: JobStore | None = None) 
     registry, latency = meta.make_registry(store)
     app.state.registry = registry
     guarded = [Depends(require_api_key)]
-    app.include_router(jobs.router, prefix="/v1", dependencies=guarded)
-    app.include_router(meta.router, prefix="/v1", dependencies=guarded)
+    common: dict[int | str, dict[str, Any]] = {
+        401: {"description": "missing or invalid API key (when the server has keys configured)"},
+        413: {"description": "request body larger than the configured limit"}}
+    app.include_router(jobs.router, prefix="/v1", dependencies=guarded, responses=common)
+    app.include_router(meta.router, prefix="/v1", dependencies=guarded, responses=common)
     app.include_router(meta.open_router, prefix="/v1")
     app.add_api_route("/healthz", meta.healthz, include_in_schema=False)
     _mount_dashboard(app)

@@ -6,7 +6,7 @@ import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from pydantic import ValidationError
 
@@ -22,6 +22,16 @@ from synthgen.spec import JobSpec
 
 router = APIRouter(tags=["jobs"])
 JobId = Annotated[str, PathParam(min_length=1, max_length=64, description="job id")]
+EXAMPLES: dict[str, Any] = {
+    "persona-qa": {"summary": "Japanese persona Q&A against one OpenAI-compatible server", "value": {
+        "generator": "persona-qa", "n": 100, "params": {"turns": 2},
+        "roles": {"default": {"base_url": "http://127.0.0.1:8001/v1", "model": "cyberagent/calm3-22b-chat",
+                              "temperature": 0.7}}}},
+    "per-role": {"summary": "a different model per role, a key for one endpoint", "value": {
+        "generator": "persona-qa", "n": 1000, "out": "runs/persona-qa-1k",
+        "roles": {"default": {"base_url": "http://127.0.0.1:8001/v1", "model": "cyberagent/calm3-22b-chat"},
+                  "answerer": {"temperature": 0.2, "max_tokens": 1024, "api_key": "sk-..."}}}},
+}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such job"}}
 
 
@@ -63,7 +73,8 @@ def get_job(request: Request, job_id: str) -> Job:
     409: {"description": "another queued or running job writes to the same `out`"},
     413: {"description": "request body too large"},
     422: {"description": "invalid spec: unknown generator, bad params or roles, `out` outside the data root"}})
-def create_job(spec: JobSpec, request: Request, response: Response) -> JobOut:
+def create_job(spec: Annotated[JobSpec, Body(openapi_examples=EXAMPLES)], request: Request,
+               response: Response) -> JobOut:
     """Queue a generation job. The body is the CLI's job spec: generator, params, roles
     (`default` applies to every role), n, out, publish. Params and roles are validated
     against the generator now, so a bad spec fails here rather than in a worker."""
