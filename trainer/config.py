@@ -160,6 +160,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ValueError(f"override {item!r} is not KEY=VALUE")
         key, raw = item.split("=", 1)
         value = yaml.safe_load(raw)
+        if key.startswith("stages.") and "stages" not in data:  # overriding the default stages
+            data["stages"] = [s.model_dump(exclude_unset=True) for s in default_stages()]
         node: Any = data
         parts = key.split(".")
         for part in parts[:-1]:

@@ -23,13 +23,13 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from synthgen.trainer.chat_format import ASSISTANT, USER
+from synthgen.trainer.chat_format import ASSISTANT, END, USER
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 
 
 def train_tokenizer(corpus: Iterable[str], out: Path, vocab_size: int = 400) -> PreTrainedTokenizerFast:
-    texts = [*corpus, USER, ASSISTANT]
+    texts = [*corpus, USER, ASSISTANT, END]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.decoder = decoders.BPEDecoder()
     alphabet = sorted({ch for t in texts for ch in t})
