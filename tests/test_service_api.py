@@ -221,7 +221,10 @@ def write_image_run(out: Path, count: int) -> list[bytes]:
         store.add_rows([{"key": f"k{i}", "image": {"bytes": pngs[-1], "path": None},
                          "messages": [{"role": "user", "content": f"画像{i}について説明してください。"},
                                       {"role": "assistant", "content": f"これは{i}番目の青い画像です。"}]}])
-    asyncio.run(store.flush())
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:  # its own loop: callers may be inside Playwright's
+        pool.submit(asyncio.run, store.flush()).result()
     return pngs
 
 
