@@ -1,0 +1,30 @@
+# The synthgen API / worker image. vLLM model servers use their own image (see docker-compose.yml).
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    SYNTHGEN_DATA_ROOT=/data HF_HOME=/data/hf-cache
+# chromium + Japanese fonts: the HTML-render generator; curl: health checks.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends chromium fonts-noto-cjk curl \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/synthgen
+COPY pyproject.toml setup.py README.md ./
+COPY synthgen ./synthgen
+COPY generators ./generators
+COPY service ./service
+COPY prompts ./prompts
+COPY personas ./personas
+COPY trainer ./trainer
+COPY evaluator ./evaluator
+# The service talks to model servers over HTTP, so no torch here; Postgres driver for the store.
+RUN pip install ".[postgres]"
+
+RUN useradd --create-home --uid 1000 synthgen && mkdir -p /data && chown synthgen /data
+USER synthgen
+VOLUME ["/data"]
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=5 \
+  CMD curl -fsS http://127.0.0.1:8000/healthz || exit 1
+# The API alone; workers run as their own containers (`synthgen worker`).
+CMD ["synthgen", "serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "0"]
