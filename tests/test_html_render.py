@@ -10,6 +10,7 @@ import sys
 import datasets
 import orjson
 import pytest
+from pydantic import ValidationError
 
 from synthgen.generators import html_render
 from synthgen.generators.text_sources import iter_passages, passages
@@ -118,35 +119,48 @@ def test_bad_pages_are_dropped_with_reasons(tmp_path):
         prompt = last_user_text(body)
         if "完成したHTMLページ" in prompt:
             calls["n"] += 1
-            kind = calls["n"] % 4
+            kind = calls["n"]  # the first five pages are bad, one way each; the rest are fine
             if kind == 1:
                 return "すみません、HTMLは書けません。"
-            if kind == 2:  # answers will not be visible: the passage is left out
+            if kind == 2:  # the passage is left out, so its answers are not visible either
                 return "```html\n<h1>お知らせ</h1><p>本日は休業いたします。またのご来店をお待ちしております。</p>\n```"
             if kind == 3:
                 return Reply(text=page_for(prompt)[:200], finish_reason="length")
+            if kind == 4:  # a character no installed font has: drawn as tofu
+                return page_for(prompt, hostile="<p>ꀀꀁꀂ</p>")
+            if kind == 5:
+                return "```html\n<script>document.write('x')</script><img src='http://127.0.0.1:9/a.png'>\n```"
         if "質問と答え" in prompt:
             return qa_for(prompt)
         return page_for(prompt)
 
     out = tmp_path / "r"
     with LoopbackServer(messy) as srv:
-        proc = _run("run", "html-render", "--n", "3", "--base-url", srv.base_url, "--model", "M",
+        proc = _run("run", "html-render", "--n", "2", "--base-url", srv.base_url, "--model", "M",
                     "--out", str(out), "--set", f"params.source={src}", "--set", "params.column=body",
                     "--set", "params.pool_pages=2", "--max-inputs", "40", "--concurrency", "4")
     assert proc.returncode == 0, proc.stderr + proc.stdout
     failures = [orjson.loads(x) for x in (out / "failures.jsonl").read_bytes().splitlines()]
     reasons = {f["reason"] for f in failures}
-    assert {"no_html", "truncated_html", "passage_not_shown"} <= reasons, reasons
-    assert len(datasets.load_from_disk(str(out))) == 3
+    assert reasons == {"no_html", "truncated_html", "passage_not_shown", "tofu", "unsafe_html"}, reasons
+    assert len(datasets.load_from_disk(str(out))) == 2
 
 
 def test_config_errors_are_clear(tmp_path):
     proc = _run("run", "html-render", "--base-url", "http://127.0.0.1:9/v1", "--model", "M", "--out", str(tmp_path / "x"))
     assert proc.returncode == 2 and "source" in proc.stderr and "Traceback" not in proc.stderr
-    proc = _run("run", "html-render", "--base-url", "http://127.0.0.1:9/v1", "--model", "M", "--out", str(tmp_path / "y"),
-                "--set", "params.source=x.jsonl", "--set", "params.layouts={poster: 1, comic: 2}")
-    assert proc.returncode == 2 and "comic" in proc.stderr
+    gen = html_render.generator
+    with pytest.raises(ValidationError, match="comic"):
+        gen.parse_params({"source": "x.jsonl", "layouts": {"poster": 1, "comic": 2}})
+    with pytest.raises(ValidationError, match="passage_chars"):
+        gen.parse_params({"source": "x.jsonl", "passage_chars": 500, "max_passage_chars": 300})
+    with pytest.raises(ValidationError, match="tunrs"):
+        gen.parse_params({"source": "x.jsonl", "tunrs": 3})
+    with pytest.raises(FileNotFoundError, match="neither a file"):
+        list(iter_passages(str(tmp_path / "missing.jsonl")))
+    with pytest.raises(ValueError, match="unsupported"):
+        (tmp_path / "t.docx").write_text("x")
+        list(iter_passages(str(tmp_path / "t.docx")))
 
 
 def test_passages_follow_sentences(tmp_path):
