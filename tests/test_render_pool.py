@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import time
 
@@ -69,6 +70,20 @@ async def test_sizes_formats_full_page_and_clip(pool):
     assert [p.reason for p in problems(capped, Limits(min_chars=1))] == ["too_large"]
 
 
+async def test_vertical_page_is_captured_whole_and_off_page_text_is_caught(pool):
+    # A vertical-rl body scrolls to negative x; the whole width is still in the picture.
+    column = "縦書きの長い文章です。" * 60
+    whole = await pool.render(sanitize(f"<body style='writing-mode:vertical-rl;font-size:24px'>{column}</body>"),
+                              RenderOptions(width=800, height=600))
+    assert whole.width > 800 and whole.off_page_text == 0 and problems(whole, Limits()) == []
+    x0, _y0, x1, _y1 = ink_box(whole)
+    assert x0 < 100 and x1 > whole.width - 100  # text from the left edge to the right edge
+    hidden = await pool.render(sanitize("<p style='position:absolute;left:-400px;top:-60px'>見えない文</p>"
+                                        "<p>画面に見える普通の文章です。画面に見える普通の文章です。</p>"))
+    assert "見えない文" in hidden.text and hidden.off_page_text == 1
+    assert [p.reason for p in problems(hidden, Limits())] == ["text_off_page"]
+
+
 async def test_pages_are_reused_not_reopened(pool):
     before = pool.stats.page_replacements
     shots = await asyncio.gather(*(pool.render(HORIZONTAL, RenderOptions(width=400 + 40 * (i % 3), height=300))
@@ -76,6 +91,15 @@ async def test_pages_are_reused_not_reopened(pool):
     assert {s.width for s in shots} == {400, 440, 480}
     assert all("吾輩" in s.text for s in shots)
     assert pool.stats.page_replacements == before and len(pool._idle) <= pool.config.pages
+    # ... until a page has drawn `recycle_after` pictures: then it is replaced.
+    config = pool.config
+    pool.config = dataclasses.replace(config, recycle_after=2)
+    try:
+        for _ in range(4):
+            await pool.render(HORIZONTAL)
+    finally:
+        pool.config = config
+    assert pool.stats.page_replacements >= before + 1
 
 
 async def test_crashed_page_and_dead_browser_are_recovered(pool):

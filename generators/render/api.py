@@ -35,6 +35,8 @@ class Rendered:
     content_height: int
     backend: str
     blocked_requests: list[str] = field(default_factory=list)
+    # Text boxes laid out outside the document (listed by innerText, drawn nowhere).
+    off_page_text: int = 0
 
     @property
     def clipped(self) -> bool:

@@ -109,6 +109,8 @@ def problems(rendered: Rendered, limits: Limits, coverage: FontCoverage | None =
     if rendered.clipped:
         found.append(Problem("too_large", f"content {rendered.content_width}x{rendered.content_height} "
                                           f"is larger than the picture {rendered.width}x{rendered.height}"))
+    if rendered.off_page_text:
+        found.append(Problem("text_off_page", f"{rendered.off_page_text} text boxes lie outside the page"))
     aspect = max(rendered.height / max(rendered.width, 1), rendered.width / max(rendered.height, 1))
     if aspect > limits.max_aspect:
         found.append(Problem("bad_aspect", f"{rendered.width}x{rendered.height}"))

@@ -31,8 +31,30 @@ QUIET_ARGS = ("--disable-background-networking", "--disable-component-update", "
               "--disable-default-apps", "--disable-extensions", "--no-first-run", "--mute-audio",
               "--disable-dev-shm-usage", "--disable-gpu", "--dns-prefetch-disable",
               "--disable-features=Translate,MediaRouter,OptimizationHints,InterestFeedContentSuggestions")
-MEASURE = ("() => [document.documentElement.scrollWidth, document.documentElement.scrollHeight,"
-           " document.body ? document.body.innerText : '']")
+# Page size, innerText, and how many text boxes lie outside the scrollable document (drawn
+# nowhere: e.g. absolutely positioned at a negative offset) although innerText lists them.
+# The scroll origin is probed because a vertical-rl page scrolls to negative x.
+MEASURE = """() => {
+  const de = document.documentElement, body = document.body;
+  if (!body) return [de.scrollWidth, de.scrollHeight, '', 0];
+  const sx = window.scrollX, sy = window.scrollY;
+  window.scrollTo(-1e7, -1e7);
+  const minX = window.scrollX, minY = window.scrollY;
+  window.scrollTo(sx, sy);
+  const sw = de.scrollWidth, sh = de.scrollHeight;
+  const walk = document.createTreeWalker(body, NodeFilter.SHOW_TEXT), range = document.createRange();
+  let off = 0;
+  for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+    if (!n.data.trim()) continue;
+    range.selectNodeContents(n);
+    for (const b of range.getClientRects()) {
+      if (b.width === 0 && b.height === 0) continue;
+      const l = b.left + sx, t = b.top + sy;
+      if (l < minX - 1 || t < minY - 1 || l + b.width > minX + sw + 1 || t + b.height > minY + sh + 1) off += 1;
+    }
+  }
+  return [sw, sh, body.innerText, off];
+}"""
 
 
 @dataclass(frozen=True)
@@ -46,6 +68,9 @@ class PoolConfig:
     javascript: bool = False
     extra_args: tuple[str, ...] = ()
     close_timeout_s: float = 5.0
+    # A page is closed and replaced after this many renders, so nothing a long run leaves
+    # in one renderer process (memory, caches) can grow without bound.
+    recycle_after: int = 2000
 
 
 @dataclass
@@ -75,6 +100,7 @@ class BrowserPool:
         self._restart_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self._blocked_by_page: dict[int, list[str]] = {}
+        self._uses: dict[int, int] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     async def __aenter__(self) -> BrowserPool:
@@ -147,7 +173,8 @@ class BrowserPool:
         return gen, await self._context.new_page()
 
     def _return_page(self, gen: int, page: Any) -> None:
-        if gen == self._generation and not page.is_closed():
+        uses = self._uses[id(page)] = self._uses.get(id(page), 0) + 1
+        if gen == self._generation and not page.is_closed() and uses < self.config.recycle_after:
             self._idle.append((gen, page))
         else:
             self._spawn(self._discard(page))
@@ -161,6 +188,7 @@ class BrowserPool:
         """Close a suspect page; False when the browser would not even do that."""
         self.stats.page_replacements += 1
         self._blocked_by_page.pop(id(page), None)
+        self._uses.pop(id(page), None)
         try:
             await asyncio.wait_for(page.close(run_before_unload=False), self.config.close_timeout_s)
             return True
@@ -222,7 +250,7 @@ class BrowserPool:
         blocked = self._blocked_by_page[id(page)] = []
         timeout_ms = self.config.timeout_s * 1000
         await page.set_content(document, wait_until="domcontentloaded", timeout=timeout_ms)
-        content_w, content_h, text = await page.evaluate(MEASURE)
+        content_w, content_h, text, off_page = await page.evaluate(MEASURE)
         if o.full_page:
             width = max(o.width, min(int(content_w), o.max_width))
             height = max(o.height, min(int(content_h), o.max_height))
@@ -237,7 +265,7 @@ class BrowserPool:
         image = await page.screenshot(**shot)
         return Rendered(image=image, fmt=o.fmt, width=width, height=height, text=text,
                         content_width=int(content_w), content_height=int(content_h), backend=self.name,
-                        blocked_requests=list(blocked))
+                        blocked_requests=list(blocked), off_page_text=int(off_page))
 
 
 async def smoke(document: str = "<p>日本語のテスト</p>") -> float:
