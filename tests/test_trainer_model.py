@@ -167,3 +167,46 @@ def test_config_files_overrides_and_errors(tmp_path):
         load_config(tmp_path / "c.toml", ["stages.0.train_projector=false"])
     with pytest.raises(ValidationError, match="repo_id"):
         load_config(tmp_path / "c.toml", ["push_to_hub.repo_id=not a repo"])
+
+
+def test_deepspeed_configs_and_zero3_projector_guard(tmp_path):
+    from synthgen.trainer.configs import HERE
+    from synthgen.trainer.saving import check_projector
+
+    for name in ("zero2", "zero3"):
+        ds = json.loads((HERE / f"deepspeed_{name}.json").read_text())
+        assert ds["zero_optimization"]["stage"] == int(name[-1])
+    z3 = json.loads((HERE / "deepspeed_zero3.json").read_text())["zero_optimization"]
+    assert z3["stage3_gather_16bit_weights_on_model_save"] is True  # else the projector saves empty
+    base = {"model": {"vision": "v", "lm": "l"}, "data": {"sources": [{"path": "d"}]}, "output_dir": "o"}
+    from synthgen.trainer.config import TrainConfig
+
+    assert TrainConfig.model_validate({**base, "deepspeed": "zero3"}).deepspeed == str(HERE / "deepspeed_zero3.json")
+    with pytest.raises(ValidationError, match="not found"):
+        TrainConfig.model_validate({**base, "deepspeed": str(tmp_path / "nope.json")})
+    lora = [{"name": "s", "train_lm": "lora", "learning_rate": 1e-4}]
+    with pytest.raises(ValidationError, match="LoRA under ZeRO-3"):
+        TrainConfig.model_validate({**base, "deepspeed": "zero3", "stages": lora})
+    TrainConfig.model_validate({**base, "deepspeed": "zero2", "stages": lora})
+    # what a ZeRO-3 rank holds without gathering: zero-size placeholders
+    full = {"model.multi_modal_projector.linear_1.weight": torch.ones(2, 2)}
+    assert set(check_projector(full)) == {"multi_modal_projector.linear_1.weight"}
+    with pytest.raises(RuntimeError, match="empty"):
+        check_projector({"model.multi_modal_projector.linear_1.weight": torch.empty(0)})
+    with pytest.raises(RuntimeError, match="no projector"):
+        check_projector({"lm_head.weight": torch.ones(1)})
+
+
+def test_push_to_hub_checks_its_arguments(tmp_path, monkeypatch):
+    from synthgen.trainer.config import HubConfig
+    from synthgen.trainer.hub import push_model
+
+    hub = HubConfig(repo_id="someone/llava-ja", token_env="SYNTHGEN_TEST_HUB_TOKEN")
+    with pytest.raises(FileNotFoundError, match="no saved model"):
+        push_model(tmp_path, hub)
+    (tmp_path / "config.json").write_text("{}")
+    monkeypatch.delenv("SYNTHGEN_TEST_HUB_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="SYNTHGEN_TEST_HUB_TOKEN"):
+        push_model(tmp_path, hub)
+    with pytest.raises(ValidationError):
+        HubConfig(repo_id="../etc")

@@ -122,10 +122,12 @@ def test_resume_continues_from_the_step_it_stopped_at(parts, tmp_path, monkeypat
         c = config(parts, tmp_path / name)
         c["stages"][1]["max_steps"] = 6
         c["save_steps"] = 100
+        c["report_to"] = ["tensorboard"]
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(c, allow_unicode=True))
         return tmp_path / f"{name}.yaml"
 
     assert train_main(cfg("straight"), []) == 0
+    assert list((tmp_path / "straight" / "run").rglob("events.out.tfevents.*"))  # TensorBoard logs
     stop_cfg = cfg("stopped")
     real_cancel, real_status = train_mod.cancel_requested, train_mod.write_status
     monkeypatch.setattr(train_mod, "cancel_requested",

@@ -113,7 +113,7 @@ class TrainConfig(Strict):
     data: DataConfig
     stages: list[StageConfig] = Field(default_factory=default_stages, min_length=1)
     output_dir: str
-    run_dir: str | None = Field(None, description="status.json, checkpoints, TensorBoard logs; default output_dir")
+    run_dir: str | None = Field(None, description="status.json, checkpoints, TensorBoard logs; default <output_dir>/run")
     feature_cache_dir: str | None = Field(None, description="default <output_dir>/feature_cache")
     feature_cache_dtype: Literal["float32", "float16"] = "float32"
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
@@ -128,6 +128,27 @@ class TrainConfig(Strict):
     report_to: list[Literal["tensorboard"]] = Field(default_factory=lambda: ["tensorboard"])
     push_to_hub: HubConfig | None = None
 
+    @field_validator("deepspeed")
+    @classmethod
+    def _deepspeed_file(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from synthgen.trainer.configs import path
+
+        resolved = path(value)
+        if not resolved.is_file():
+            raise ValueError(f"DeepSpeed config {value!r} not found (use zero2, zero3 or a JSON file)")
+        return str(resolved)
+
+    @model_validator(mode="after")
+    def _lora_zero3(self) -> TrainConfig:
+        if self.deepspeed and self.merge_lora and any(s.train_lm == "lora" for s in self.stages):
+            import json
+
+            if json.loads(Path(self.deepspeed).read_text()).get("zero_optimization", {}).get("stage") == 3:
+                raise ValueError("merging LoRA under ZeRO-3 is not supported: use zero2 or merge_lora: false")
+        return self
+
     @field_validator("stages")
     @classmethod
     def _unique_names(cls, stages: list[StageConfig]) -> list[StageConfig]:
@@ -137,7 +158,7 @@ class TrainConfig(Strict):
         return stages
 
     def resolved_run_dir(self) -> Path:
-        return Path(self.run_dir or self.output_dir)
+        return Path(self.run_dir) if self.run_dir else Path(self.output_dir) / "run"
 
     def resolved_cache_dir(self) -> Path:
         return Path(self.feature_cache_dir or Path(self.output_dir) / "feature_cache")

@@ -20,6 +20,6 @@ def push_model(folder: Path, hub: HubConfig) -> str:
     api = HfApi(token=token)
     api.create_repo(hub.repo_id, private=hub.private, exist_ok=True, repo_type="model")
     info = api.upload_folder(folder_path=str(folder), repo_id=hub.repo_id, repo_type="model",
-                             ignore_patterns=["lora_adapter/*"] if (folder / "config.json").exists() else None,
+                             ignore_patterns=["run/*", "feature_cache/*", "stages/*"],
                              commit_message="synthgen train")
     return str(info)

@@ -44,8 +44,6 @@ def save_stage_model(accelerator, step_module, processor, out: Path, cfg: TrainC
         if accelerator.is_main_process:
             llava.save_pretrained(str(out / "lora_adapter"))
         if cfg.merge_lora:
-            if cfg.deepspeed and accelerator.state.deepspeed_plugin.zero_stage == 3:
-                raise RuntimeError("merging LoRA under ZeRO-3 is not supported: use ZeRO-2 or merge_lora=false")
             llava = llava.merge_and_unload()
             state = llava.state_dict()
         else:

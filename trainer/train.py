@@ -116,11 +116,15 @@ def _accelerator(cfg: TrainConfig, stage: StageConfig, run_dir: Path) -> Acceler
     GradientState._reset_state()
     plugin = None
     if cfg.deepspeed:
-        plugin = DeepSpeedPlugin(hf_ds_config=cfg.deepspeed)
-        ds = plugin.deepspeed_config
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError as exc:
+            raise RuntimeError("config.deepspeed needs DeepSpeed: pip install 'synthgen[deepspeed]'") from exc
+        ds = json.loads(Path(cfg.deepspeed).read_text())
         ds["train_micro_batch_size_per_gpu"] = stage.batch_size
         if ds.get("gradient_clipping") == "auto":
             ds["gradient_clipping"] = stage.max_grad_norm or 0.0
+        plugin = DeepSpeedPlugin(hf_ds_config=ds)
     mp = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[cfg.precision]
     return Accelerator(mixed_precision=mp, gradient_accumulation_steps=stage.grad_accum, deepspeed_plugin=plugin,
                        log_with=cfg.report_to or None, project_dir=str(run_dir))
