@@ -9,6 +9,7 @@ back, so with the VLM and the LLM on different servers both stay busy.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, TypeVar
@@ -22,6 +23,7 @@ from synthgen.generators.images.download import Downloader, open_downloader
 from synthgen.generators.images.normalize import NormalizedImage
 from synthgen.generators.images.sources import ImageInputParams, describe, iter_items, load_image
 from synthgen.generators.plugin import Generator, InputContext, RecordContext, Skip
+from synthgen.generators.prompts import Prompts
 from synthgen.generators.textcheck import is_japanese
 
 Style = Literal["short", "detailed", "dense"]
@@ -105,7 +107,7 @@ async def generate(item: dict[str, Any], ctx: RecordContext) -> list[dict[str, A
 
 async def _style(style: str, picture: dict[str, Any], p: Params, ctx: RecordContext) -> tuple[str, str, str]:
     """Caption one style, then translate it at once: no wait for the record's other styles."""
-    prompt = ctx.prompts.render("caption", style=style, language=p.caption_language)
+    prompt = _static(ctx.prompts, "caption", style, p.caption_language)
     caption = _check_caption(await ctx.role("vlm").chat([user([picture, {"type": "text", "text": prompt}])]),
                              style, p)
     if p.caption_language == "ja" and not p.polish_japanese:
@@ -157,9 +159,7 @@ def _conversation(captions_ja: dict[str, str], p: Params, ctx: RecordContext) ->
         ctx.rng.shuffle(styles)
     turns: list[dict[str, str]] = []
     for i, style in enumerate(styles):
-        options = [line.strip() for line in ctx.prompts.render("instructions", style=style).splitlines()
-                   if line.strip()]
-        instruction = ctx.rng.choice(options)
+        instruction = ctx.rng.choice(_static(ctx.prompts, "instructions", style, "").splitlines())
         turns.append(user(f"<image>\n{instruction}" if i == 0 else instruction))
         turns.append(assistant(captions_ja[style]))
     return turns
@@ -168,6 +168,13 @@ def _conversation(captions_ja: dict[str, str], p: Params, ctx: RecordContext) ->
 def image_row(img: NormalizedImage) -> dict[str, Any]:
     """The `datasets.Image` cell: the normalised bytes, no path (the row must stand alone)."""
     return {"bytes": img.data, "path": None}
+
+
+@functools.lru_cache(maxsize=256)
+def _static(prompts: Prompts, name: str, style: str, language: str) -> str:
+    """Templates that depend only on the style render once per run, not once per record."""
+    text = prompts.render(name, style=style, language=language)
+    return "\n".join(line.strip() for line in text.splitlines() if line.strip()) if name == "instructions" else text
 
 
 async def first_failure_cancels(steps: list[Awaitable[T]]) -> list[T]:

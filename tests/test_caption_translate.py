@@ -150,7 +150,7 @@ def test_translation_starts_as_soon_as_its_caption_is_back(tmp_path):
             style = style_of(prompt)
             events.append((f"vlm-{style}", time.monotonic()))
             if style == "detailed":
-                return Reply(text=base(body), hang=0.6)
+                return Reply(text=base(body), hang=1.0)
         else:
             events.append(("llm", time.monotonic()))
         return base(body)
@@ -163,8 +163,8 @@ def test_translation_starts_as_soon_as_its_caption_is_back(tmp_path):
     assert result.stats.state == "succeeded"
     at = dict(events)
     first_translation = min(t for name, t in events if name == "llm")
-    assert first_translation < at["vlm-detailed"] + 0.6  # before the slow caption came back
-    assert max(at["vlm-short"], at["vlm-dense"]) - at["vlm-detailed"] < 0.3  # the three captions at once
+    assert first_translation < at["vlm-detailed"] + 1.0  # before the slow caption came back
+    assert abs(max(at["vlm-short"], at["vlm-dense"]) - at["vlm-detailed"]) < 0.5  # the three captions at once
 
 
 def test_url_column_japanese_captions_and_one_turn(tmp_path):
