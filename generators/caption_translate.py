@@ -20,7 +20,6 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from synthgen.generators.engine.messages import ChatResult, assistant, image_part, user
 from synthgen.generators.images.checks import is_refusal, length_ratio, strip_translation_label
 from synthgen.generators.images.download import Downloader, open_downloader
-from synthgen.generators.images.normalize import NormalizedImage
 from synthgen.generators.images.sources import ImageInputParams, describe, iter_items, load_image
 from synthgen.generators.plugin import Generator, InputContext, RecordContext, Skip
 from synthgen.generators.prompts import Prompts
@@ -96,7 +95,7 @@ async def generate(item: dict[str, Any], ctx: RecordContext) -> list[dict[str, A
     captions = {style: src for style, src, _ in done}
     captions_ja = {style: ja for style, _, ja in done}
     return [{
-        "image": image_row(img),
+        "image": img.cell(),
         "image_sha256": img.sha256, "width": img.width, "height": img.height,
         "source": describe(item, p.source), "caption_language": p.caption_language,
         "captions": captions, "captions_ja": captions_ja,
@@ -163,11 +162,6 @@ def _conversation(captions_ja: dict[str, str], p: Params, ctx: RecordContext) ->
         turns.append(user(f"<image>\n{instruction}" if i == 0 else instruction))
         turns.append(assistant(captions_ja[style]))
     return turns
-
-
-def image_row(img: NormalizedImage) -> dict[str, Any]:
-    """The `datasets.Image` cell: the normalised bytes, no path (the row must stand alone)."""
-    return {"bytes": img.data, "path": None}
 
 
 @functools.lru_cache(maxsize=256)

@@ -19,7 +19,6 @@ from typing import Any
 import datasets
 from pydantic import BaseModel, Field, field_validator
 
-from synthgen.generators.caption_translate import image_row
 from synthgen.generators.engine.messages import ChatResult, assistant, user
 from synthgen.generators.images.checks import is_refusal, mentions_caption
 from synthgen.generators.images.download import Downloader, open_downloader
@@ -165,7 +164,7 @@ async def generate(item: dict[str, Any], ctx: RecordContext) -> list[dict[str, A
         _consistent(verdict.text, answer)
 
     return [{
-        "image": image_row(img), "image_sha256": img.sha256, "category": category.name,
+        "image": img.cell(), "image_sha256": img.sha256, "category": category.name,
         "messages": [user(f"<image>\n{question}"), assistant(answer)],
         "caption": caption, "source": describe(item, p.source),
         "models": {"writer": writer.model, "judge": judge.model if p.check_consistency else ""},

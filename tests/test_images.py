@@ -292,3 +292,10 @@ def test_refusal_caption_mention_and_ratio_checks():
     assert not mentions_caption("画像を見ると、犬は三匹います。")
     assert strip_translation_label("翻訳:「犬が走っている。」") == "犬が走っている。"
     assert 0.3 < length_ratio("A red circle on white.", "白地に赤い丸。") < 0.5
+
+
+def test_decoded_pil_rows_are_encoded_once():
+    from synthgen.generators.images.sources import _image_ref
+
+    ref = _image_ref(draw(1), None, is_url=False)
+    assert normalize(ref["image"]).width == 160

@@ -46,6 +46,10 @@ class NormalizedImage:
     original_size: tuple[int, int]
     original_format: str
 
+    def cell(self) -> dict[str, bytes | None]:
+        """The `datasets.Image` cell: the normalised bytes and no path, so a row stands alone."""
+        return {"bytes": self.data, "path": None}
+
 
 def normalize(data: bytes, limits: Limits = Limits()) -> NormalizedImage:
     """Bytes in any PIL-readable format -> re-encoded RGB JPEG/PNG; raises ImageRejected."""

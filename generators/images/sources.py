@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,6 +198,10 @@ def _image_ref(value: Any, base: Path | None, *, is_url: bool) -> dict[str, Any]
         value = value.get("path")
     if isinstance(value, bytes | bytearray | memoryview):
         return {"image": bytes(value)}
+    if hasattr(value, "save") and hasattr(value, "size"):  # a decoded PIL image (features unknown upstream)
+        buf = io.BytesIO()
+        value.save(buf, format="PNG")
+        return {"image": buf.getvalue()}
     if not isinstance(value, str) or not value.strip():
         return {"missing": True}
     value = value.strip()
