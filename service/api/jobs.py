@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
@@ -9,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from synthgen.generators import plugin
 from synthgen.generators.engine.roles import resolve_roles
@@ -16,7 +18,7 @@ from synthgen.service.api import records
 from synthgen.service.api.paths import PathEscape, confine
 from synthgen.service.api.schemas import JobOut, JobPage, JobStatus, RecordsPage, job_out
 from synthgen.service.store import JobStore
-from synthgen.service.store.models import Job
+from synthgen.service.store.jobs import JobRow as Job
 from synthgen.service.worker import secret_spec_json
 from synthgen.spec import JobSpec
 
@@ -73,8 +75,8 @@ def get_job(request: Request, job_id: str) -> Job:
     409: {"description": "another queued or running job writes to the same `out`"},
     413: {"description": "request body too large"},
     422: {"description": "invalid spec: unknown generator, bad params or roles, `out` outside the data root"}})
-def create_job(spec: Annotated[JobSpec, Body(openapi_examples=EXAMPLES)], request: Request,
-               response: Response) -> JobOut:
+async def create_job(spec: Annotated[JobSpec, Body(openapi_examples=EXAMPLES)], request: Request,
+                     response: Response) -> JobOut:
     """Queue a generation job. The body is the CLI's job spec: generator, params, roles
     (`default` applies to every role), n, out, publish. Params and roles are validated
     against the generator now, so a bad spec fails here rather than in a worker."""
@@ -87,25 +89,32 @@ def create_job(spec: Annotated[JobSpec, Body(openapi_examples=EXAMPLES)], reques
         resolve_roles(spec.roles, gen.roles)
     except (ValueError, ValidationError) as exc:
         raise invalid(["body", "roles"], str(exc)) from None
-    settings = request.app.state.settings
     job_id = uuid.uuid4().hex
-    try:
-        out = confine(spec.out, settings.data_root, job_id)
-    except (PathEscape, OSError, ValueError) as exc:
-        raise invalid(["body", "out"], str(exc), "path_escape") from None
-    store = store_of(request)
-    if spec.out:
-        if store.out_in_use(str(out)):
-            raise HTTPException(409, "another queued or running job writes to this out folder")
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise HTTPException(409, "out exists and is not empty; choose another folder")
+    out = confine_out(request, spec.out, job_id)
+    if spec.out:  # a folder of the user's choosing: check it on a thread (file system + a query)
+        await run_in_threadpool(check_out_free, request, out)
     spec = spec.model_copy(update={"out": str(out), "resume": False})
     public = spec.public_dict()
     public["out"] = str(out.relative_to(request.app.state.root))
-    job = store.create(job_id=job_id, generator=gen.name, public_spec=public, secret_spec_json=secret_spec_json(spec),
-                       out_dir=str(out), n=spec.n)
+    pending = store_of(request).create_soon(job_id=job_id, generator=gen.name, public_spec=public,
+                                            secret_spec_json=secret_spec_json(spec), out_dir=str(out), n=spec.n)
+    job = await asyncio.wrap_future(pending)  # the insert is committed off the event loop, batched
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job_out(job, request.app.state.root_prefix)
+
+
+def confine_out(request: Request, out: str | None, job_id: str) -> Path:
+    try:
+        return confine(out, request.app.state.settings.data_root, job_id)
+    except (PathEscape, OSError, ValueError) as exc:
+        raise invalid(["body", "out"], str(exc), "path_escape") from None
+
+
+def check_out_free(request: Request, out: Path) -> None:
+    if store_of(request).out_in_use(str(out)):
+        raise HTTPException(409, "another queued or running job writes to this out folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise HTTPException(409, "out exists and is not empty; choose another folder")
 
 
 @router.get("/jobs", response_model=JobPage)
@@ -120,9 +129,16 @@ def list_jobs(request: Request, status: JobStatus | None = None,
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=NOT_FOUND)
-def read_job(request: Request, job_id: JobId) -> JobOut:
+async def read_job(request: Request, job_id: JobId) -> JobOut:
     """Status, progress counts, rates, tokens, failures by reason and ETA."""
-    return job_out(get_job(request, job_id), request.app.state.root_prefix)
+    # The most polled call. A primary-key read from local SQLite (WAL: readers never wait for
+    # the writer) costs less than the hop to a thread, so it runs inline; over a network
+    # database it goes to the thread pool like everything else.
+    if store_of(request).local:
+        job = get_job(request, job_id)
+    else:
+        job = await run_in_threadpool(get_job, request, job_id)
+    return job_out(job, request.app.state.root_prefix)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses={

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from synthgen.service.store.models import Job
+from synthgen.service.store.jobs import JobRow as Job
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 

@@ -20,13 +20,16 @@ from synthgen.service.store import JobStore
 from synthgen.settings import Settings, get_settings
 
 log = logging.getLogger("synthgen.serve")
+WORKER_NICE = 10
 
 
 def start_workers(settings: Settings, count: int) -> list[subprocess.Popen[bytes]]:
     env = {**os.environ, "SYNTHGEN_DATA_ROOT": str(settings.data_root.resolve()),
            "SYNTHGEN_DATABASE_URL": settings.resolved_database_url}
     cmd = [sys.executable, "-m", "synthgen.service.cli", "worker"]
-    return [subprocess.Popen(cmd, env=env) for _ in range(count)]
+    # Lower priority than the API: when both want the CPU, request latency wins over batch
+    # throughput (the worker's records just take a little longer).
+    return [subprocess.Popen(cmd, env=env, preexec_fn=lambda: os.nice(WORKER_NICE)) for _ in range(count)]
 
 
 def stop_workers(procs: list[subprocess.Popen[bytes]], timeout: float = 30.0) -> None:
