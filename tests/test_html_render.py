@@ -149,6 +149,11 @@ def test_bad_pages_are_dropped_with_reasons(tmp_path):
 def test_config_errors_are_clear(tmp_path):
     proc = _run("run", "html-render", "--base-url", "http://127.0.0.1:9/v1", "--model", "M", "--out", str(tmp_path / "x"))
     assert proc.returncode == 2 and "source" in proc.stderr and "Traceback" not in proc.stderr
+    src = tmp_path / "texts.jsonl"
+    _write_source(src, rows=2)
+    proc = _run("run", "html-render", "--base-url", "http://127.0.0.1:9/v1", "--model", "M", "--out", str(tmp_path / "z"),
+                "--set", f"params.source={src}", "--set", "params.column=body", "--set", "params.chromium=/nonexistent/chromium")
+    assert proc.returncode == 2 and "Chromium not found" in proc.stderr and "Traceback" not in proc.stderr
     gen = html_render.generator
     with pytest.raises(ValidationError, match="comic"):
         gen.parse_params({"source": "x.jsonl", "layouts": {"poster": 1, "comic": 2}})

@@ -18,7 +18,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from synthgen.generators.render.api import Rendered, RenderError, RenderOptions
-from synthgen.generators.render.pool import DEAD_PROXY_ARGS
+from synthgen.generators.render.pool import DEAD_PROXY_ARGS, require_browser
 
 # Headless `--screenshot` draws nothing when Blink scripting is switched off, so scripts are
 # stopped by the sanitiser (removed) and the CSP (script-src falls back to 'none') instead.
@@ -75,6 +75,7 @@ class Html2ImageRenderer:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
     async def __aenter__(self) -> Html2ImageRenderer:
+        require_browser(self.executable)
         self._tmp = tempfile.TemporaryDirectory(prefix="synthgen-h2i-")
         return self
 

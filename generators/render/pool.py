@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +57,13 @@ MEASURE = """() => {
   }
   return [sw, sh, body.innerText, off];
 }"""
+
+
+def require_browser(executable: str) -> None:
+    """A missing browser is a setup error with a fix, not a failure of every record."""
+    if not (shutil.which(executable) or os.access(executable, os.X_OK)):
+        raise FileNotFoundError(f"Chromium not found at {executable!r}: install Debian's `chromium` and "
+                                "`fonts-noto-cjk` (scripts/setup.sh does), or set params.chromium to its path")
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,8 @@ class BrowserPool:
     # -- lifecycle -------------------------------------------------------------------------
     async def __aenter__(self) -> BrowserPool:
         from playwright.async_api import async_playwright
+
+        require_browser(self.config.executable)
 
         self._pw = await async_playwright().start()
         try:
