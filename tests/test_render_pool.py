@@ -102,6 +102,17 @@ async def test_pages_are_reused_not_reopened(pool):
     assert pool.stats.page_replacements >= before + 1
 
 
+async def test_cancelled_renders_leave_the_pool_usable(pool):
+    restarts = pool.stats.browser_restarts
+    tasks = [asyncio.create_task(pool.render(HORIZONTAL)) for _ in range(6)]
+    await asyncio.sleep(0.05)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    shots = await asyncio.gather(*(pool.render(HORIZONTAL) for _ in range(4)))
+    assert all("吾輩" in s.text for s in shots) and pool.stats.browser_restarts == restarts
+
+
 async def test_crashed_page_and_dead_browser_are_recovered(pool):
     # A renderer crash on an idle page: the next render on it fails, the page is replaced.
     await pool.render(HORIZONTAL)

@@ -237,8 +237,10 @@ class BrowserPool:
                         gen, page = await self._take_page()
                         rendered = await self._draw(page, document, options)
                 except asyncio.CancelledError:
-                    # The record was cancelled mid-draw: the page may still be busy.
-                    self._spawn(self._recover(gen, page))
+                    # The record was cancelled mid-draw: the page may still be busy, so it is
+                    # closed in the background rather than handed to the next render.
+                    if page is not None:
+                        self._spawn(self._discard(page))
                     raise
                 except RenderError:
                     raise
