@@ -135,15 +135,18 @@ def test_bad_pages_are_dropped_with_reasons(tmp_path):
         return page_for(prompt)
 
     out = tmp_path / "r"
+    config = tmp_path / "job.yaml"  # the same params through --config
+    config.write_text(f"params:\n  source: {src}\n  column: body\n  pool_pages: 2\n  layouts: {{article: 1, vertical: 1}}\n",
+                      encoding="utf-8")
     with LoopbackServer(messy) as srv:
         proc = _run("run", "html-render", "--n", "2", "--base-url", srv.base_url, "--model", "M",
-                    "--out", str(out), "--set", f"params.source={src}", "--set", "params.column=body",
-                    "--set", "params.pool_pages=2", "--max-inputs", "40", "--concurrency", "4")
+                    "--out", str(out), "--config", str(config), "--max-inputs", "40", "--concurrency", "4")
     assert proc.returncode == 0, proc.stderr + proc.stdout
     failures = [orjson.loads(x) for x in (out / "failures.jsonl").read_bytes().splitlines()]
     reasons = {f["reason"] for f in failures}
     assert reasons == {"no_html", "truncated_html", "passage_not_shown", "tofu", "unsafe_html"}, reasons
-    assert len(datasets.load_from_disk(str(out))) == 2
+    ds = datasets.load_from_disk(str(out))
+    assert len(ds) == 2 and set(ds["layout"]) <= {"article", "vertical"}
 
 
 def test_config_errors_are_clear(tmp_path):
