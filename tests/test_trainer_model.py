@@ -58,6 +58,17 @@ def test_assembly_clip_and_siglip_token_counts(parts, clip):
     assert clip.model.get_input_embeddings().weight.shape[0] == len(clip.tokenizer)
 
 
+def test_feature_map_towers_are_refused_clearly(parts, tmp_path):
+    from transformers import ConvNextConfig, ConvNextImageProcessor, ConvNextModel
+
+    ConvNextModel(ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], image_size=32)).save_pretrained(tmp_path)
+    ConvNextImageProcessor(size={"shortest_edge": 32}).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="ViT-style"):
+        assemble(ModelConfig(vision=str(tmp_path), lm=str(parts / "lm")))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        assemble(ModelConfig(vision=str(tmp_path / "missing"), lm=str(parts / "lm")))
+
+
 def test_save_reload_round_trip_and_generate(tmp_path, clip):
     clip.model.save_pretrained(tmp_path)
     clip.processor.save_pretrained(tmp_path)
@@ -145,10 +156,23 @@ def test_sources_mix_weights_llava_json_and_packing(parts, clip, tmp_path):
     n_images = sum(corpus.examples[i].has_image for it in items for i in it)
     assert batch["pixel_values"].shape[0] == n_images
     assert int((batch["input_ids"] == clip.image_token_id).sum()) == 16 * n_images
-    assert "position_ids" in batch
+    assert "position_ids" in batch and "attention_mask" not in batch
     with torch.no_grad():
         loss = clip.model(**batch).loss
     assert torch.isfinite(loss)
+
+
+def test_packed_examples_do_not_attend_to_each_other(parts, clip):
+    cfg = DataConfig(sources=[SourceConfig(path=str(parts / "ds"))], max_length=200, packing=True)
+    corpus = build_corpus(cfg, encoder(clip, max_length=200))
+    ds = TrainDataset(corpus, [[0, 1], [1]], clip.processor.image_processor)
+    packed = collate([ds[0]], clip.tokenizer.pad_token_id)
+    alone = collate([ds[1]], clip.tokenizer.pad_token_id)
+    n0 = len(corpus.examples[0].input_ids)
+    with torch.no_grad():
+        logits_packed = clip.model(**{k: v for k, v in packed.items() if k != "labels"}, use_cache=False).logits
+        logits_alone = clip.model(**{k: v for k, v in alone.items() if k != "labels"}, use_cache=False).logits
+    assert torch.allclose(logits_packed[0, n0:], logits_alone[0], atol=1e-5)
 
 
 def test_config_files_overrides_and_errors(tmp_path):

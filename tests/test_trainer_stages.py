@@ -79,7 +79,7 @@ def test_stages_train_only_their_parts(parts, tmp_path):
 
 
 def test_lora_stage_saves_merged_model_and_adapter(parts, tmp_path):
-    cfg = config(parts, tmp_path)
+    cfg = config(parts, tmp_path, gradient_checkpointing=True)
     cfg["stages"] = [{"name": "lora", "train_lm": "lora", "learning_rate": 1e-2, "max_steps": 2, "batch_size": 4,
                       "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}]
     run = Run(TrainConfig.model_validate(cfg))
@@ -162,6 +162,7 @@ def wait_for(run_dir: Path, pred, timeout: float = 120.0) -> dict:
 def test_training_job_reports_progress_and_cancels(parts, tmp_path, monkeypatch):
     """launch.start runs `python -m synthgen.trainer` as its own process; status follows it; cancel stops it."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(sys.path))
     cfg = config(parts, tmp_path)
     cfg["stages"][1]["max_steps"] = 100000
@@ -179,11 +180,13 @@ def test_training_job_reports_progress_and_cancels(parts, tmp_path, monkeypatch)
     assert LlavaForConditionalGeneration.from_pretrained(stage1).config.image_seq_length == 16
 
 
-def test_failed_job_reports_failed(tmp_path):
-    cfg = {"model": {"vision": "v", "lm": "l"}, "data": {"sources": [{"path": str(tmp_path / "missing")}]},
+def test_failed_job_reports_failed(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = {"model": {"vision": str(tmp_path / "no-vision"), "lm": str(tmp_path / "no-lm")}, "data": {"sources": [{"path": str(tmp_path / "missing")}]},
            "output_dir": str(tmp_path / "o")}
     with pytest.raises(Exception, match="validation error"):
         launch.validate_config({**cfg, "precision": "fp8"})
     launch.start(cfg, tmp_path / "r")
     st = wait_for(tmp_path / "r", lambda s: s["state"] != "running")
-    assert st["state"] == "failed" and st["log_tail"]
+    assert st["state"] == "failed" and "does not exist" in st["log_tail"]
+    assert "no-vision" in (st["error"] or "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tokenizers import AddedToken
@@ -78,7 +79,17 @@ def _probe_tokens(tower, vision_cfg, image_processor, layer: int) -> tuple[int, 
     return int(hidden.shape[1]), (h // patch) * (w // patch)
 
 
+def _local_or_hub(name: str) -> str:
+    """A name that looks like a path must exist: never send a mistyped path to the Hub as a repo id."""
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
+        raise FileNotFoundError(f"model path {name} does not exist")
+    return str(Path(name).expanduser()) if name.startswith("~") else name
+
+
 def assemble(mc: ModelConfig, dtype: torch.dtype = torch.float32) -> Assembled:
+    for name in (mc.init_from, mc.vision, mc.lm):
+        if name:
+            _local_or_hub(name)
     if mc.init_from:
         model = LlavaForConditionalGeneration.from_pretrained(mc.init_from, dtype=dtype,
                                                               attn_implementation=mc.attn_implementation)

@@ -206,11 +206,15 @@ def collate(batch: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]
         ids[r, :k], labels[r, :k], mask[r, :k] = b["input_ids"], b["labels"], 1
     out = {"input_ids": ids, "labels": labels, "attention_mask": mask}
     if any("position_ids" in b for b in batch):
+        # Packed rows: positions restart per example and no 2-D mask is passed, which makes
+        # transformers build a block-diagonal causal mask (examples never see each other).
+        # Padding gets position 0 everywhere, so each pad token is its own one-token "example".
         pos = torch.zeros((len(batch), n), dtype=torch.long)
         for r, b in enumerate(batch):
             k = len(b["input_ids"])
             pos[r, :k] = b.get("position_ids", torch.arange(k))
         out["position_ids"] = pos
+        del out["attention_mask"]
     for key in ("pixel_values", "vision_features"):
         parts = [b[key] for b in batch if key in b]
         if parts:

@@ -113,6 +113,8 @@ class Source:
 
 def _open_dataset(cfg: SourceConfig) -> datasets.Dataset:
     path = Path(cfg.path)
+    if cfg.path.startswith(("/", "./", "../")) and not path.exists():
+        raise FileNotFoundError(f"dataset {cfg.path} does not exist")
     if path.exists():
         ds = datasets.load_from_disk(str(path))
         if isinstance(ds, datasets.DatasetDict):

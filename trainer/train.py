@@ -24,7 +24,6 @@ from accelerate import Accelerator
 from accelerate.data_loader import prepare_data_loader, skip_first_batches
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DeepSpeedPlugin, set_seed
-from transformers import get_scheduler
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from synthgen.trainer import features_cache
@@ -56,7 +55,7 @@ class StepModule(torch.nn.Module):
         inner = self.llava.get_base_model() if hasattr(self.llava, "get_base_model") else self.llava
         return inner.model.multi_modal_projector
 
-    def forward(self, input_ids, attention_mask, labels, position_ids=None, pixel_values=None,
+    def forward(self, input_ids, labels, attention_mask=None, position_ids=None, pixel_values=None,
                 vision_features=None) -> torch.Tensor:
         kw: dict[str, Any] = dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
                                   position_ids=position_ids, use_cache=False)
@@ -109,6 +108,23 @@ def _param_groups(llava, stage: StageConfig) -> list[dict[str, Any]]:
         lr = stage.vision_learning_rate if is_vision and stage.vision_learning_rate else stage.learning_rate
         out.append({"params": params, "lr": lr, "weight_decay": 0.0 if no_decay else stage.weight_decay})
     return out
+
+
+def lr_schedule(name: str, optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """transformers' schedules of the same names (linear warmup, then cosine/linear decay to 0 or flat).
+
+    Written out because importing transformers.optimization pulls in peft and the Trainer
+    (seconds of start-up for every job, even one that fails on its config).
+    """
+    def factor(step: int) -> float:
+        if name != "constant" and step < warmup:
+            return step / max(1, warmup)
+        if name in ("constant", "constant_with_warmup"):
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress)) if name == "cosine" else 1.0 - progress
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _accelerator(cfg: TrainConfig, stage: StageConfig, run_dir: Path) -> Accelerator:
@@ -237,8 +253,7 @@ def run_stage(run: Run, si: int, stage: StageConfig) -> Path:
     optimizer = torch.optim.AdamW(_param_groups(llava, stage), lr=stage.learning_rate, betas=(0.9, 0.999))
     per_epoch = math.ceil(len(_loader(run, stage, 0, accelerator, features)) / stage.grad_accum)
     total = stage.max_steps or max(1, math.ceil(stage.epochs * per_epoch))
-    scheduler = get_scheduler(stage.scheduler, optimizer, num_warmup_steps=math.ceil(stage.warmup_ratio * total),
-                              num_training_steps=total)
+    scheduler = lr_schedule(stage.scheduler, optimizer, math.ceil(stage.warmup_ratio * total), total)
     step_module, optimizer = accelerator.prepare(step_module, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     if cfg.report_to:
@@ -273,7 +288,7 @@ def run_stage(run: Run, si: int, stage: StageConfig) -> Path:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             window.append(loss.detach().float().item())
-            tokens += int(batch["attention_mask"].sum())
+            tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
