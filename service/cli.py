@@ -236,6 +236,19 @@ def worker_cmd() -> None:
     run_worker()
 
 
+@app.command("train")
+def train_cmd(
+    config: Annotated[Path, typer.Option("--config", "-c", help="training config (YAML or TOML)")],
+    sets: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. stages.0.max_steps=100")] = None,
+) -> None:
+    """Train a LLaVA-style VLM on synthgen datasets: stage 1 (projector), stage 2 (LM, full or LoRA)."""
+    if not config.is_file():
+        raise fail(f"config file not found: {config}")
+    from synthgen.trainer.cli import train_main
+
+    raise typer.Exit(train_main(config, list(sets or [])))
+
+
 def main() -> None:
     app()
 
