@@ -206,10 +206,12 @@ def gpu_mfu(args) -> dict:
     cfg = LlavaConfig(vision_config=vcfg, text_config=lcfg, image_token_index=lcfg.vocab_size - 1,
                       image_seq_length=image_tokens, vision_feature_select_strategy="full", vision_feature_layer=-2)
     torch.manual_seed(0)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    # As the trainer runs it: fp32 master weights under bf16 autocast (accelerate's mixed precision);
+    # --pure-bf16 keeps the weights and optimizer state in bf16 instead.
+    bf16 = device.type == "cuda"
+    dtype = torch.bfloat16 if bf16 and args.pure_bf16 else torch.float32
     with device:
         model = LlavaForConditionalGeneration(cfg).to(dtype)
-    model.config._attn_implementation = "sdpa"
     stage = StageConfig(name="finetune", train_lm="full", learning_rate=2e-5)
     llava = T.apply_stage(model, stage)
     if args.gradient_checkpointing:
@@ -223,14 +225,15 @@ def gpu_mfu(args) -> dict:
     ids[:, 1:1 + image_tokens] = cfg.image_token_index
     labels = ids.clone()
     labels[:, : 1 + image_tokens] = -100
-    feats = torch.randn(b, image_tokens, vcfg.hidden_size, device=device, dtype=dtype)
+    feats = torch.randn(b, image_tokens, vcfg.hidden_size, device=device, dtype=torch.bfloat16 if bf16 else dtype)
     mask = torch.ones_like(ids)
     fwd = step_module
     if args.compile:
         fwd = torch.compile(step_module)
 
     def step():
-        loss = fwd(input_ids=ids, attention_mask=mask, labels=labels, vision_features=feats)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = fwd(input_ids=ids, attention_mask=mask, labels=labels, vision_features=feats)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -255,7 +258,7 @@ def gpu_mfu(args) -> dict:
     model_flops = 3 * fwd_flops  # forward + backward (input and weight gradients)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-    print(f"{name}: stage 2 (projector + full LM, cached features), LM {(pl + head) / 1e9:.2f}B params, batch {b} x "
+    print(f"{name}: stage 2 (projector + full LM, cached features, {'bf16 weights' if dtype == torch.bfloat16 else 'fp32 weights + bf16 autocast' if bf16 else 'fp32'}), LM {(pl + head) / 1e9:.2f}B params, batch {b} x "
           f"{n} tokens, {dt * 1e3:.1f} ms/step, peak memory "
           f"{(torch.cuda.max_memory_allocated() / 2 ** 30) if device.type == 'cuda' else 0:.1f} GiB")
     return {"tokens_per_s": b * n / dt, "step_s": dt, "model_tflops": model_flops / dt / 1e12,
@@ -268,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="--gpu-mfu with tiny dims (a CPU smoke check of the mode)")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--pure-bf16", action="store_true", help="bf16 weights and optimizer state (no fp32 master)")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)

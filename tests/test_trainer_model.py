@@ -234,3 +234,20 @@ def test_push_to_hub_checks_its_arguments(tmp_path, monkeypatch):
         push_model(tmp_path, hub)
     with pytest.raises(ValidationError):
         HubConfig(repo_id="../etc")
+
+
+def test_cli_wrapper_reports_config_errors(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from synthgen.trainer.cli import train_command
+
+    app = typer.Typer()
+    app.command("train")(train_command)
+    app.command("noop")(lambda: None)  # two commands, as in synthgen's CLI
+    (tmp_path / "bad.yaml").write_text("output_dir: o\nmodel: {vision: v}\ndata: {sources: [{path: d}]}\n")
+    result = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "bad.yaml"), "precision=fp32"])
+    assert result.exit_code == 2
+    assert "model.lm is required" in result.output
+    result = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "bad.yaml"), "nonsense"])
+    assert result.exit_code == 2 and "KEY=VALUE" in result.output
