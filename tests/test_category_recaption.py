@@ -14,6 +14,7 @@ import datasets
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from synthgen.generators.category_recaption import DEFAULT_CATEGORIES, Category, Dealer
 from synthgen.generators.engine.runner import run_job
@@ -158,3 +159,23 @@ def test_kill_midway_then_resume_gives_exactly_n(tmp_path):
     assert len(ds) == 36 and len(set(ds["key"])) == 36
     counts = collections.Counter(ds["category"])
     assert max(counts.values()) - min(counts.values()) <= 2 and len(counts) == len(DEFAULT_CATEGORIES)
+
+
+def test_bad_params_and_missing_columns_are_clear_errors(tmp_path):
+    from pydantic import ValidationError
+
+    from synthgen.generators.category_recaption import generator
+
+    cat = {"name": "a", "label": "A", "instruction": "-"}
+    for bad, message in (({"categories": [cat, cat]}, "unique"),
+                         ({"categories": [{**cat, "requires": "(["}]}, "regex"),
+                         ({"categories": [{**cat, "weight": 0}]}, "greater than 0"),
+                         ({"questions_per_image": 0}, "questions_per_image")):
+        with pytest.raises(ValidationError, match=message):
+            generator.parse_params({"source": str(tmp_path), **bad})
+    _captioned_parquet(tmp_path / "c.parquet", ["x"])
+    spec = JobSpec(generator="category-recaption", n=1, out=str(tmp_path / "out"),
+                   params={"source": str(tmp_path / "c.parquet")},  # default caption column is absent
+                   roles={"default": {"base_url": "http://127.0.0.1:9/v1", "model": "M"}})
+    with pytest.raises(ValueError, match="no column"):
+        asyncio.run(run_job(spec))
