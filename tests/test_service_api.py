@@ -254,3 +254,26 @@ def test_record_images_are_served(api, tmp_path):
     assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content == pngs[2]
     assert api.get(f"/v1/jobs/{job_id}/records/2/images/1").status_code == 404
     assert api.get(f"/v1/jobs/{job_id}/records/9/images/0").status_code == 404
+
+
+def test_trainings_start_a_separate_process_and_report_its_state(api, tmp_path):
+    pytest.importorskip("synthgen.trainer.launch")
+    good = {"model": {"vision": "./models/no-vision", "lm": "./models/no-lm"},
+            "data": {"sources": [{"path": "jobs/missing-job"}]}, "output_dir": "models/out"}
+    bad = _detail(api.post("/v1/trainings", json={**good, "precision": "fp8"}))
+    assert "body.precision" in bad
+    assert "body.output_dir" in _detail(api.post("/v1/trainings", json={**good, "output_dir": "../elsewhere"}))
+    escape = {**good, "data": {"sources": [{"path": "/etc/passwd"}]}}
+    assert "body.data.sources.0.path" in _detail(api.post("/v1/trainings", json=escape))
+    r = api.post("/v1/trainings", json=good)
+    assert r.status_code == 201, r.text
+    run = r.json()
+    assert run["state"] in ("running", "failed") and run["config"] == good
+    run_dir = tmp_path / "trainings" / run["id"]
+    assert (run_dir / "config.yaml").exists()  # the trainer's own process got a confined config
+    done = wait_for(lambda: (s := api.get(f"/v1/trainings/{run['id']}").json())["state"] != "running" and s, 120,
+                    "the trainer process to end")
+    assert done["state"] == "failed" and "no-vision" in (done["error"] or "") + done["log_tail"]
+    assert api.get("/v1/trainings").json()["total"] == 1
+    assert api.post(f"/v1/trainings/{run['id']}/cancel").status_code == 200
+    assert api.get("/v1/trainings/nope").status_code == 404

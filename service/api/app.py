@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from synthgen import __version__
 from synthgen.generators import plugin
-from synthgen.service.api import jobs, meta
+from synthgen.service.api import jobs, meta, trainings
 from synthgen.service.api.auth import require_api_key
 from synthgen.service.store import JobStore
 from synthgen.settings import Settings, get_settings
@@ -125,6 +125,7 @@ def create_app(settings: Settings | None = None, store: JobStore | None = None) 
     app.state.registry = registry
     guarded = [Depends(require_api_key)]
     common: dict[int | str, dict[str, Any]] = {
+        400: {"description": "malformed request body (not JSON, or not UTF-8)"},
         401: {"description": "missing or invalid API key (when the server has keys configured)"},
         413: {"description": "request body larger than the configured limit"}}
     app.include_router(jobs.router, prefix="/v1", dependencies=guarded, responses=common)
@@ -134,7 +135,7 @@ def create_app(settings: Settings | None = None, store: JobStore | None = None) 
     _mount_dashboard(app)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(LimitsAndTiming, max_bytes=settings.max_request_bytes, latency=latency)
-    _mount_trainings(app, guarded)
+    app.include_router(trainings.router, prefix="/v1", dependencies=guarded, responses=common)
     return app
 
 
@@ -143,11 +144,3 @@ def _mount_dashboard(app: FastAPI) -> None:
 
     app.mount("/static", StaticFiles(directory=dashboard.STATIC), name="static")
     app.include_router(dashboard.router)
-
-
-def _mount_trainings(app: FastAPI, guarded: list[Any]) -> None:
-    try:
-        from synthgen.service.api import trainings
-    except ImportError:
-        return
-    app.include_router(trainings.router, prefix="/v1", dependencies=guarded)

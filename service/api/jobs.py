@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +18,7 @@ from synthgen.service.api.paths import PathEscape, confine
 from synthgen.service.api.schemas import JobOut, JobPage, JobStatus, RecordsPage, job_out
 from synthgen.service.store import JobStore
 from synthgen.service.store.jobs import JobRow as Job
+from synthgen.service.store.jobs import new_job_id
 from synthgen.service.worker import secret_spec_json
 from synthgen.spec import JobSpec
 
@@ -89,7 +89,7 @@ async def create_job(spec: Annotated[JobSpec, Body(openapi_examples=EXAMPLES)], 
         resolve_roles(spec.roles, gen.roles)
     except (ValueError, ValidationError) as exc:
         raise invalid(["body", "roles"], str(exc)) from None
-    job_id = uuid.uuid4().hex
+    job_id = new_job_id()
     out = confine_out(request, spec.out, job_id)
     if spec.out:  # a folder of the user's choosing: check it on a thread (file system + a query)
         await run_in_threadpool(check_out_free, request, out)
