@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import datasets
@@ -103,38 +102,37 @@ def test_cli_writes_image_dataset_with_japanese_captions(tmp_path):
 
 
 def test_refusals_bad_translations_and_truncation_are_dropped(tmp_path):
-    write_folder(tmp_path / "imgs", 24)
+    """Faults keyed to the picture's width (which every caption states), so each reason is certain."""
+    write_folder(tmp_path / "imgs", 12)
+    for width in (101, 102, 103, 104):
+        write_folder(tmp_path / "imgs" / f"w{width}", 2, size=(width, 80))
     base = image_responder()
-    count = {"vlm": 0, "llm": 0}
-    lock = threading.Lock()
 
     def messy(body):
+        reply = base(body)
         prompt = last_user_text(body)
-        with lock:
-            kind = "vlm" if "English" in prompt else "llm"
-            count[kind] += 1
-            n = count[kind]
-        if kind == "vlm" and n % 7 == 0:
-            return "I'm sorry, but I cannot see the image you are referring to."
-        if kind == "vlm" and n % 11 == 0:
-            return Reply(text="A red circle and", finish_reason="length")
-        if kind == "llm" and n % 5 == 0:
+        if "English" in prompt:  # the VLM: its caption names the size of the image it was sent
+            if any(f"101{sep}80" in reply for sep in ("x", " by ")):
+                return "I'm sorry, but I cannot see the image you are referring to."
+            if any(f"102{sep}80" in reply for sep in ("x", " by ")):
+                return Reply(text=reply[:30], finish_reason="length")
+            return reply
+        if any(f"103{sep}80" in prompt for sep in ("x", " by ")):
             return "A red circle and a blue square on a white background."  # left in English
-        if kind == "llm" and n % 13 == 0:
+        if any(f"104{sep}80" in prompt for sep in ("x", " by ")):
             return CAPTIONS_JA["dense"] * 8  # far longer than its source
-        return base(body)
+        return reply
 
     with LoopbackServer(messy) as srv:
-        spec = JobSpec(generator="caption-translate", n=24, max_inputs=24, out=str(tmp_path / "out"),
+        spec = JobSpec(generator="caption-translate", n=20, max_inputs=20, out=str(tmp_path / "out"),
                        params={"source": str(tmp_path / "imgs")},
                        roles={"default": {"base_url": srv.base_url, "model": "M"}})
         result = asyncio.run(run_job(spec))
-    reasons = result.manifest["failures_by_reason"]
-    assert set(reasons) == {"caption_refusal", "truncated_caption", "translation_not_japanese",
-                            "translation_length_ratio"}, reasons
+    assert result.manifest["failures_by_reason"] == {
+        "caption_refusal": 2, "truncated_caption": 2, "translation_not_japanese": 2, "translation_length_ratio": 2}
     assert result.stats.state == "incomplete"
     ds = datasets.load_from_disk(str(tmp_path / "out"))
-    assert len(ds) + sum(reasons.values()) == 24
+    assert len(ds) == 12 and set(ds["width"]) == {160}
     assert all(is_japanese(t) for row in ds["captions_ja"] for t in row.values())
 
 
