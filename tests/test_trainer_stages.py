@@ -120,7 +120,7 @@ def test_resume_continues_from_the_step_it_stopped_at(parts, tmp_path, monkeypat
     """`synthgen train` (train_main) on both stages, stopped in stage 2 and resumed, ends where a straight run does."""
     def cfg(name):
         c = config(parts, tmp_path / name)
-        c["stages"][1]["max_steps"] = 6
+        c["stages"][1].update(max_steps=6, batch_size=5, grad_accum=2)  # 24 rows: 5 micro-batches, 3 steps/epoch
         c["save_steps"] = 100
         c["report_to"] = ["tensorboard"]
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(c, allow_unicode=True))

@@ -199,6 +199,9 @@ def _feature_rows(run: Run, accelerator: Accelerator) -> tuple[features_cache.Fe
 
         def progress(done: int, total: int) -> None:
             write_status(run.run_dir, phase=f"caching vision features {done}/{total}")
+            if run.stop or cancel_requested(run.run_dir):  # finished shards are kept for the next run
+                write_status(run.run_dir, state="cancelled")
+                raise Cancelled
 
         features_cache.fill(store, [k for k in keys if k is not None],
                             lambda k: corpus.image_ref(corpus.examples[first[k]]).load(), encode,
