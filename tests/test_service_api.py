@@ -30,7 +30,8 @@ HEARTBEAT = {"heartbeat_s": 0.3, "heartbeat_timeout_s": 3.0, "worker_poll_s": 0.
 
 
 def settings_for(root: Path, **extra: Any) -> Settings:
-    return Settings(data_root=root, database_url=f"sqlite:///{root}/synthgen.db", **{"api_keys": [], **HEARTBEAT, **extra})
+    return Settings(**{"data_root": root, "database_url": f"sqlite:///{root}/synthgen.db", "api_keys": [], **HEARTBEAT,
+                       **extra})
 
 
 def worker_env(root: Path) -> dict[str, str]:

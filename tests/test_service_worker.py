@@ -3,14 +3,22 @@ records, SIGTERM hands the job back after flushing."""
 
 from __future__ import annotations
 
+import glob
+import os
+import shutil
 import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import datasets
 import pytest
 from fastapi.testclient import TestClient
-from test_service_api import job_body, settings_for, start_worker, status_of, stop, wait_for
+from test_service_api import job_body, settings_for, start_worker, status_of, stop, wait_for, worker_env
 
 from synthgen.loopback_server import LoopbackServer
 from synthgen.service.api import create_app
@@ -77,15 +85,74 @@ def test_sigterm_releases_the_job_and_another_worker_resumes_it(service):
             stop(second)
 
 
-def test_each_job_is_claimed_exactly_once(tmp_path):
-    store = JobStore.open(f"sqlite:///{tmp_path}/db.sqlite")
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL cluster on loopback (skipped where none is installed)."""
+    pytest.importorskip("psycopg")
+    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb")]
+    if not initdb[-1]:
+        pytest.skip("PostgreSQL is not installed")
+    bindir = os.path.dirname(initdb[-1])
+    run_as: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser")
+        run_as = ["runuser", "-u", "postgres", "--"]
+    base = Path(tempfile.mkdtemp(prefix="synthgen-pg-"))  # pytest's tmp is 0700 root: postgres can't enter
+    if run_as:
+        import pwd
+
+        pw = pwd.getpwnam("postgres")
+        os.chown(base, pw.pw_uid, pw.pw_gid)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data = base / "data"
+    subprocess.run([*run_as, f"{bindir}/initdb", "-D", str(data), "-A", "trust", "-U", "synthgen"], check=True,
+                   capture_output=True, timeout=120)
+    subprocess.run([*run_as, f"{bindir}/pg_ctl", "-D", str(data), "-l", str(base / "log"), "-w", "-o",
+                    f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off", "start"], check=True,
+                   capture_output=True, timeout=120)
+    yield f"postgresql+psycopg://synthgen@127.0.0.1:{port}/postgres"
+    subprocess.run([*run_as, f"{bindir}/pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True,
+                   timeout=60)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/db.sqlite"
+    url = request.getfixturevalue("postgres")
+    store = JobStore.open(url)
+    with store.engine.begin() as conn:  # a clean slate per test on the shared cluster
+        conn.exec_driver_sql("TRUNCATE jobs, job_specs, trainings")
+    store.dispose()
+    return url
+
+
+def test_schema_matches_the_models_after_migrations(db_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from synthgen.service.store.models import Base
+
+    store = JobStore.open(db_url)
+    JobStore.open(db_url).dispose()  # a second open finds the schema current
+    with store.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    store.dispose()
+
+
+def test_each_job_is_claimed_exactly_once(db_url, tmp_path):
+    store = JobStore.open(db_url)
     ids = {store.create(generator="g", public_spec={}, secret_spec_json="{}", out_dir=str(tmp_path / str(i)),
                         n=1).id for i in range(40)}
     claimed: list[tuple[str, str]] = []
     lock = threading.Lock()
 
     def worker(name: str) -> None:
-        other = JobStore.open(f"sqlite:///{tmp_path}/db.sqlite", run_migrations=False)
+        other = JobStore.open(db_url, run_migrations=False)
         while (job := other.claim(name)) is not None:
             with lock:
                 claimed.append((name, job.id))
@@ -100,8 +167,8 @@ def test_each_job_is_claimed_exactly_once(tmp_path):
     assert {store.get(j).worker_id for j in ids} == {w for w, _ in claimed}
 
 
-def test_stale_running_jobs_are_requeued_and_cancel_wins(tmp_path):
-    store = JobStore.open(f"sqlite:///{tmp_path}/db.sqlite")
+def test_stale_running_jobs_are_requeued_and_cancel_wins(db_url):
+    store = JobStore.open(db_url)
     a = store.create(generator="g", public_spec={}, secret_spec_json="{}", out_dir="/a", n=1).id
     b = store.create(generator="g", public_spec={}, secret_spec_json="{}", out_dir="/b", n=1).id
     assert store.claim("dead-1").id == a and store.claim("dead-2").id == b
@@ -113,3 +180,20 @@ def test_stale_running_jobs_are_requeued_and_cancel_wins(tmp_path):
     # the dead worker's late heartbeat no longer owns the job
     assert store.heartbeat(a, "dead-1", None) == (False, False)
     assert store.finish(a, "dead-1", "succeeded") is False
+
+
+def test_a_job_runs_on_postgres(postgres, tmp_path):
+    """SYNTHGEN_DATABASE_URL pointing at PostgreSQL: API and a worker process share it."""
+    settings = settings_for(tmp_path, database_url=postgres)
+    env = {**worker_env(tmp_path), "SYNTHGEN_DATABASE_URL": postgres}
+    with LoopbackServer() as srv, TestClient(create_app(settings)) as client:
+        proc = subprocess.Popen([sys.executable, "-m", "synthgen.service.cli", "worker"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            job = client.post("/v1/jobs", json=job_body(srv.base_url, 6)).json()
+            done = wait_for(lambda: (s := status_of(client, job["id"]))["status"] in ("succeeded", "failed") and s,
+                            90, "the job on postgres")
+            assert done["status"] == "succeeded" and done["progress"]["records"] == 6
+            assert client.get(f"/v1/jobs/{job['id']}/records").json()["total"] == 6
+        finally:
+            stop(proc)
