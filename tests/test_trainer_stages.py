@@ -190,3 +190,28 @@ def test_failed_job_reports_failed(tmp_path, monkeypatch):
     st = wait_for(tmp_path / "r", lambda s: s["state"] != "running")
     assert st["state"] == "failed" and "does not exist" in st["log_tail"]
     assert "no-vision" in (st["error"] or "")
+
+
+def test_unreadable_images_cost_their_records_not_the_run(parts, tmp_path):
+    import numpy as np
+
+    img = tmp_path / "imgs"
+    img.mkdir()
+    rows = []
+    for i in range(8):
+        smoke.shape_image("赤" if i % 2 else "青", "丸", np.random.default_rng(i)).save(img / f"{i}.png")
+        rows.append({"image": f"{i}.png", "conversations": [{"from": "human", "value": "<image>\n何色？"},
+                                                             {"from": "gpt", "value": "赤です。" if i % 2 else "青です。"}]})
+    (img / "3.png").write_bytes(b"not an image")
+    (img / "5.png").unlink()
+    (tmp_path / "llava.json").write_text(json.dumps(rows, ensure_ascii=False))
+    cfg = config(parts, tmp_path)
+    cfg["data"]["sources"] = [{"path": str(tmp_path / "llava.json"), "image_root": str(img)}]
+    cfg["feature_cache_dir"] = str(tmp_path / "cache")
+    cfg["stages"] = [{"name": "cached", "learning_rate": 1e-3, "max_steps": 2, "batch_size": 4},
+                     {"name": "live", "train_vision": True, "learning_rate": 1e-3, "max_steps": 2, "batch_size": 4}]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    assert train_main(tmp_path / "c.yaml", []) == 0
+    assert read_status(tmp_path / "run")["state"] == "succeeded"
+    keys = json.loads(next((tmp_path / "cache").rglob("shard-*.keys.json")).read_text())
+    assert len(keys) == 6  # the corrupt and the missing image were left out

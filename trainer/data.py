@@ -21,6 +21,7 @@ from synthgen.trainer.config import DataConfig
 from synthgen.trainer.sources import ImageRef, Source
 
 IGNORE = -100
+MAX_SUBSTITUTES = 16
 log = logging.getLogger(__name__)
 
 
@@ -169,6 +170,17 @@ class TrainDataset(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        """An unreadable image costs its item, replaced by the next one: the batch and the run go on."""
+        for attempt in range(MAX_SUBSTITUTES + 1):
+            j = (i + attempt) % len(self.items)
+            try:
+                return self._item(j)
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("item %d skipped (%s: %s); using item %d", j, type(exc).__name__, exc,
+                            (j + 1) % len(self.items))
+        raise RuntimeError(f"{MAX_SUBSTITUTES + 1} items in a row failed to load near item {i}")
+
+    def _item(self, i: int) -> dict[str, Any]:
         ids, labels, pos, images = [], [], [], []
         for idx in self.items[i]:
             ex = self.corpus.examples[idx]

@@ -37,6 +37,8 @@ class FeatureReader:
 
     def read(self, where: np.ndarray) -> np.ndarray:
         shard, row = int(where[0]), int(where[1])
+        if shard < 0:
+            raise KeyError("no cached features for this image (it could not be read)")
         arr = self._maps.get(shard)
         if arr is None:
             arr = self._maps[shard] = np.load(self.paths[shard], mmap_mode="r")
@@ -85,10 +87,10 @@ class FeatureStore:
             self.index.setdefault(key, (shard, row))
 
     def rows(self, keys: Sequence[str | None]) -> np.ndarray:
-        """(n, 2) [shard, row] per key; -1 where a record has no image."""
+        """(n, 2) [shard, row] per key; -1 where a record has no image or its image could not be read."""
         out = np.full((len(keys), 2), -1, dtype=np.int64)
         for i, k in enumerate(keys):
-            if k is not None:
+            if k is not None and k in self.index:
                 out[i] = self.index[k]
         return out
 
@@ -107,11 +109,19 @@ def fill(store: FeatureStore, keys: list[str], load: Callable[[str], object], en
     done = 0
     for start in range(0, len(todo), shard_rows):
         chunk = todo[start: start + shard_rows]
-        parts = []
+        parts, kept = [], []
         for b in range(0, len(chunk), batch_size):
-            imgs = [load(k) for k in chunk[b: b + batch_size]]
-            parts.append(encode(imgs).to("cpu", torch.float32).numpy().astype(dtype, copy=False))
-        store.write_shard(chunk, np.concatenate(parts))
+            imgs = []
+            for k in chunk[b: b + batch_size]:
+                try:
+                    imgs.append(load(k))
+                    kept.append(k)
+                except (OSError, ValueError) as exc:  # one unreadable image loses its rows, not the run
+                    log.warning("feature cache: skipping unreadable image %s: %s", k[:12], exc)
+            if imgs:
+                parts.append(encode(imgs).to("cpu", torch.float32).numpy().astype(dtype, copy=False))
+        if kept:
+            store.write_shard(kept, np.concatenate(parts))
         done += len(chunk)
         if progress:
             progress(done, len(todo))

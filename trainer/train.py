@@ -171,11 +171,21 @@ class Run:
         return self.assembled
 
     def keys(self) -> list[str | None]:
+        """sha256 of every example's image bytes (None: no image, or its file is missing)."""
         if self.image_keys is None:
             assert self.corpus is not None
-            self.image_keys = [ref.digest() if (ref := self.corpus.image_ref(ex)) is not None else None
-                               for ex in self.corpus.examples]
+            self.image_keys = [_digest(self.corpus.image_ref(ex)) for ex in self.corpus.examples]
         return self.image_keys
+
+
+def _digest(ref) -> str | None:
+    if ref is None:
+        return None
+    try:
+        return ref.digest()
+    except OSError as exc:
+        log.warning("image %s unreadable, its record will be skipped: %s", ref.path, exc)
+        return None
 
 
 def _feature_rows(run: Run, accelerator: Accelerator) -> tuple[features_cache.FeatureReader, np.ndarray]:
