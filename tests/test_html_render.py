@@ -132,7 +132,9 @@ def test_bad_pages_are_dropped_with_reasons(tmp_path):
                 return "```html\n<script>document.write('x')</script><img src='http://127.0.0.1:9/a.png'>\n```"
         if "質問と答え" in prompt:
             return qa_for(prompt)
-        return page_for(prompt)
+        # Good pages come late, so the bad ones are judged before the target of 2 is met
+        # (records still in flight then are cancelled, not counted).
+        return Reply(text=page_for(prompt), hang=3.0)
 
     out = tmp_path / "r"
     config = tmp_path / "job.yaml"  # the same params through --config
