@@ -146,6 +146,7 @@ class BrowserPool:
             java_script_enabled=cfg.javascript, service_workers="block", accept_downloads=False,
             offline=True, bypass_csp=False, locale="ja-JP", device_scale_factor=1)
         await self._context.route("**/*", self._block)
+        await self._context.route_web_socket("**/*", self._block_socket)
         self._generation += 1
         self._idle.clear()
 
@@ -171,6 +172,14 @@ class BrowserPool:
                 per_page.append(url)
         with contextlib.suppress(Exception):
             await route.abort("blockedbyclient")
+
+    async def _block_socket(self, ws: Any) -> None:
+        """A WebSocket is never connected to its server: it is closed where it opens."""
+        self.stats.blocked_requests += 1
+        if len(self.stats.blocked_sample) < 50:
+            self.stats.blocked_sample.append(ws.url[:200])
+        with contextlib.suppress(Exception):
+            await ws.close()
 
     # -- pages -----------------------------------------------------------------------------
     async def _take_page(self) -> tuple[int, Any]:
