@@ -71,8 +71,9 @@ def jobs_page(request: Request, status: Annotated[str | None, Query(max_length=1
 def job_page(request: Request, job_id: str, offset: Annotated[int, Query(ge=0)] = 0) -> Response:
     if (redirect := _guard(request)) is not None:
         return redirect
-    job = job_out(get_job(request, job_id), request.app.state.root_prefix)
-    page = preview(get_job(request, job_id), offset, 12, base="")
+    row = get_job(request, job_id)
+    job = job_out(row, request.app.state.root_prefix)
+    page = preview(row, offset, 12, base="")
     samples = [_sample(offset + i, row) for i, row in enumerate(page.items)]
     failures = sorted(job.progress.failures_by_reason.items(), key=lambda kv: -kv[1])
     return templates.TemplateResponse(request, "job.html", {

@@ -88,7 +88,7 @@ def test_job_list_updates_live_and_job_page_groups_failures(site, browser):
             from fastapi.testclient import TestClient
 
             with TestClient(app) as client:
-                job_id = client.post("/v1/jobs", json=job_body(srv.base_url, 40, concurrency=2)).json()["id"]
+                job_id = client.post("/v1/jobs", json=job_body(srv.base_url, 24, concurrency=3)).json()["id"]
             page = browser.new_page()
             page.goto(base + "/")
             row = page.locator(f"tr.job:has(a[href='/jobs/{job_id}'])")
@@ -106,7 +106,7 @@ def test_job_list_updates_live_and_job_page_groups_failures(site, browser):
                     break
                 time.sleep(0.3)
             assert "succeeded" in seen and seen & {"queued", "running"}, seen
-            assert "40 / 40" in page.locator(f"tr.job:has(a[href='/jobs/{job_id}']) .counts").inner_text()
+            assert "24 / 24" in page.locator(f"tr.job:has(a[href='/jobs/{job_id}']) .counts").inner_text()
             page.click(f"a[href='/jobs/{job_id}']")
             page.wait_for_url(f"**/jobs/{job_id}")
             failures = page.locator("table.failures").inner_text()

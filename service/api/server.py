@@ -7,6 +7,8 @@ tail latency is what users feel.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -21,15 +23,24 @@ from synthgen.settings import Settings, get_settings
 
 log = logging.getLogger("synthgen.serve")
 WORKER_NICE = 10
+PR_SET_PDEATHSIG = 1
 
 
 def start_workers(settings: Settings, count: int) -> list[subprocess.Popen[bytes]]:
     env = {**os.environ, "SYNTHGEN_DATA_ROOT": str(settings.data_root.resolve()),
            "SYNTHGEN_DATABASE_URL": settings.resolved_database_url}
     cmd = [sys.executable, "-m", "synthgen.service.cli", "worker"]
+    return [subprocess.Popen(cmd, env=env, preexec_fn=_worker_preexec) for _ in range(count)]
+
+
+def _worker_preexec() -> None:
     # Lower priority than the API: when both want the CPU, request latency wins over batch
     # throughput (the worker's records just take a little longer).
-    return [subprocess.Popen(cmd, env=env, preexec_fn=lambda: os.nice(WORKER_NICE)) for _ in range(count)]
+    os.nice(WORKER_NICE)
+    # If serve itself is killed outright, its workers get SIGTERM (Linux): they hand their
+    # jobs back instead of running on unattended.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def stop_workers(procs: list[subprocess.Popen[bytes]], timeout: float = 30.0) -> None:
