@@ -64,8 +64,12 @@ def list_generators(as_json: Annotated[bool, typer.Option("--json", help="print 
         for field_name, field in gen.params_model.model_fields.items():
             prop = schema["properties"].get(field_name, {})
             kind = prop.get("type") or " | ".join(a.get("type", "object") for a in prop.get("anyOf", [])) or "object"
-            default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
-            shown = json.dumps(default, ensure_ascii=False, default=lambda o: o.name if hasattr(o, "name") else str(o))
+            if field.is_required():
+                shown = "(required)"
+            else:
+                default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+                shown = json.dumps(default, ensure_ascii=False,
+                                   default=lambda o: o.name if hasattr(o, "name") else str(o))
             table.add_row(field_name, kind, shown[:40] + ("…" if len(shown) > 40 else ""), field.description or "")
         out.print(table)
         out.print(f"  roles: {', '.join(gen.roles)}    reads: {gen.reads}\n")
