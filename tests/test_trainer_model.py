@@ -251,3 +251,26 @@ def test_cli_wrapper_reports_config_errors(tmp_path):
     assert "model.lm is required" in result.output
     result = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "bad.yaml"), "nonsense"])
     assert result.exit_code == 2 and "KEY=VALUE" in result.output
+
+
+def test_launch_status_reads_the_run_folder(tmp_path):
+    import subprocess
+    import sys
+
+    from synthgen.trainer import launch
+    from synthgen.trainer.progress import write_status
+
+    assert launch.status(tmp_path)["state"] == "failed"  # nothing there
+    write_status(tmp_path, state="running", stage="pretrain", step=3, total_steps=10, loss=1.5, output_dir="o")
+    assert launch.status(tmp_path)["state"] == "running"  # just started, pid not written yet
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "pid").write_text(str(dead.pid))
+    (tmp_path / "train.log").write_text("line 1\nline 2\n")
+    st = launch.status(tmp_path)
+    assert st["state"] == "failed" and st["step"] == 3 and st["total_steps"] == 10 and st["loss"] == 1.5
+    assert st["log_tail"] == "line 1\nline 2" and st["stage"] == "pretrain" and st["output_dir"] == "o"
+    launch.cancel(tmp_path)  # the process is gone: only the marker is left
+    assert launch.status(tmp_path)["state"] == "cancelled"
+    write_status(tmp_path, state="succeeded")
+    assert launch.status(tmp_path)["state"] == "succeeded"

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from synthgen.trainer.progress import CANCEL_FILE, LOG_FILE, PID_FILE, read_stat
 
 CONFIG_FILE = "config.yaml"
 LOG_TAIL_LINES = 40
+START_GRACE_S = 30.0
 
 
 def validate_config(config: dict) -> TrainConfig:
@@ -88,7 +90,8 @@ def status(run_dir: Path) -> dict[str, Any]:
     st = read_status(run_dir)
     state = st.get("state", "failed" if not st else "running")
     pid = _pid(run_dir)
-    if state == "running" and (pid is None or not _alive(pid)):
+    starting = pid is None and time.time() - float(st.get("updated_at") or 0) < START_GRACE_S  # pid not written yet
+    if state == "running" and not starting and (pid is None or not _alive(pid)):
         state = "cancelled" if (run_dir / CANCEL_FILE).exists() else "failed"
     return {"state": state, "stage": st.get("stage"), "step": st.get("step", 0),
             "total_steps": st.get("total_steps"), "loss": st.get("loss"),
