@@ -139,15 +139,19 @@ def test_sources_mix_weights_llava_json_and_packing(parts, clip, tmp_path):
     rows = [{"id": "1", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\n何色？"},
                                                            {"from": "gpt", "value": "青です。"}]},
             {"id": "2", "conversations": [{"from": "human", "value": "こんにちは"}, {"from": "gpt", "value": "はい"}]},
-            {"id": "3", "conversations": [{"from": "robot", "value": "?"}]}]
+            {"id": "3", "conversations": [{"from": "robot", "value": "?"}]},
+            {"id": "4", "image": ["a.png", "a.png"], "conversations": [{"from": "human", "value": "<image><image>"},
+                                                                      {"from": "gpt", "value": "同じ"}]},
+            {"id": "5", "image": ["a.png"], "conversations": [{"from": "human", "value": "<image>"},
+                                                             {"from": "gpt", "value": "青"}]}]
     (tmp_path / "llava.json").write_text(json.dumps(rows, ensure_ascii=False))
     cfg = DataConfig(sources=[SourceConfig(path=str(parts / "ds"), weight=0.5),
                               SourceConfig(path=str(tmp_path / "llava.json"), image_root=str(img), weight=3)],
                      max_length=64, packing=True)
     corpus = build_corpus(cfg, encoder(clip))
-    assert len(corpus.examples) == 12 + 2 and sum(corpus.skipped.values()) == 1
+    assert len(corpus.examples) == 12 + 3 and sum(corpus.skipped.values()) == 2
     from_ds = sum(1 for i in corpus.order if corpus.examples[i].source == 0)
-    assert from_ds == 6 and len(corpus.order) == 6 + 3 * 2
+    assert from_ds == 6 and len(corpus.order) == 6 + 3 * 3
     items = epoch_items(corpus, 0, 0, packing=True, max_length=64)
     assert sorted(i for it in items for i in it) == sorted(corpus.order.tolist())
     assert all(sum(len(corpus.examples[i].input_ids) for i in it) <= 64 for it in items if len(it) > 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from PIL import Image
 
 from synthgen.trainer.config import SourceConfig
 
+log = logging.getLogger(__name__)
 LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
@@ -53,6 +55,16 @@ class Source:
         self.format = fmt
         if fmt == "llava_json":
             self._rows = _read_llava_json(Path(cfg.path))
+            multi = 0
+            for row in self._rows:
+                image = row.get("image")
+                if isinstance(image, list):
+                    if len(image) > 1:
+                        row["_unsupported"] = True
+                        multi += 1
+                    row["image"] = image[0] if image else None
+            if multi:
+                log.warning("%s: %d multi-image rows skipped (one image per record)", cfg.path, multi)
             root = Path(cfg.image_root) if cfg.image_root else Path(cfg.path).parent
             self._root = root
             self._ds = None
@@ -76,6 +88,9 @@ class Source:
         """All rows' messages in order, read in batches (used once, to tokenize)."""
         if self._rows is not None:
             for row in self._rows[: self.n]:
+                if row.get("_unsupported"):
+                    yield None
+                    continue
                 try:
                     yield _llava_messages(row)
                 except (ValueError, AttributeError, TypeError):
