@@ -278,3 +278,13 @@ def test_trainings_start_a_separate_process_and_report_its_state(api, tmp_path):
     assert api.get("/v1/trainings").json()["total"] == 1
     assert api.post(f"/v1/trainings/{run['id']}/cancel").status_code == 200
     assert api.get("/v1/trainings/nope").status_code == 404
+
+
+def test_smoke_model_jobs_get_short_replies_like_the_cli(api):
+    spec = api.post("/v1/jobs", json={"generator": "persona-qa", "n": 1}).json()["spec"]
+    assert spec["roles"]["default"]["max_tokens"] == 160  # no endpoint: the embedded CPU model
+    mine = api.post("/v1/jobs", json={"generator": "persona-qa", "n": 1,
+                                      "roles": {"default": {"max_tokens": 40}}}).json()["spec"]
+    assert mine["roles"]["default"]["max_tokens"] == 40
+    served = api.post("/v1/jobs", json=job_body("http://127.0.0.1:9/v1", 1)).json()["spec"]
+    assert served["roles"]["default"]["max_tokens"] is None
