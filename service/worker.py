@@ -124,7 +124,7 @@ async def run_claimed(store: JobStore, job: Claimed, settings: Settings, worker_
     task = asyncio.create_task(run_job(spec, settings=settings, stats=stats, stop=stop))
     why: str | None = None
     stop_at = 0.0
-    last_beat = time.monotonic()
+    last_beat = last_ok = time.monotonic()
     while not task.done():
         await asyncio.wait({task}, timeout=0.2)
         now = time.monotonic()
@@ -135,9 +135,12 @@ async def run_claimed(store: JobStore, job: Claimed, settings: Settings, worker_
             last_beat = now
             try:
                 ours, cancel = await asyncio.to_thread(store.heartbeat, job.id, worker_id, stats.snapshot())
+                last_ok = now
             except Exception:
                 log.exception("job %s: heartbeat failed", job.id)
-                ours, cancel = True, False
+                # Unable to renew the lease for half its length: another worker may soon take
+                # the job over, so stop writing to its folder before that can happen.
+                ours, cancel = now - last_ok < settings.heartbeat_timeout_s / 2, False
             if not ours and why is None:
                 why, stop_at = "lost", now
                 stop.set()

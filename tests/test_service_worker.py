@@ -197,3 +197,30 @@ def test_a_job_runs_on_postgres(postgres, tmp_path):
             assert client.get(f"/v1/jobs/{job['id']}/records").json()["total"] == 6
         finally:
             stop(proc)
+
+
+def test_worker_that_cannot_renew_its_lease_stops_writing(tmp_path):
+    """A worker cut off from the database stops before another can take its job over."""
+    import asyncio
+
+    from synthgen.service.worker import run_claimed, secret_spec_json
+    from synthgen.spec import JobSpec
+
+    settings = settings_for(tmp_path, heartbeat_s=0.2, heartbeat_timeout_s=1.5)
+    store = JobStore.open(settings.resolved_database_url)
+    with LoopbackServer(latency=0.02) as srv:
+        spec = JobSpec.model_validate(job_body(srv.base_url, 100_000, concurrency=2))
+        store.create(generator="persona-qa", public_spec={}, secret_spec_json=secret_spec_json(spec),
+                     out_dir=str(tmp_path / "out"), n=spec.n)
+        claimed = store.claim("cut-off")
+        calls = {"n": 0}
+
+        def unreachable(*_a, **_k):
+            calls["n"] += 1
+            raise ConnectionError("database unreachable")
+
+        store.heartbeat = unreachable  # type: ignore[method-assign]
+        started = time.monotonic()
+        result = asyncio.run(run_claimed(store, claimed, settings, "cut-off", threading.Event()))
+    assert result == "lost" and calls["n"] >= 2
+    assert time.monotonic() - started < settings.heartbeat_timeout_s + 5
