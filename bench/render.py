@@ -83,12 +83,34 @@ def make_page(rng: random.Random) -> tuple[str, RenderOptions]:
     return sanitize(html), RenderOptions(width=width, height=height, fmt="jpeg", quality=85)
 
 
-async def time_backend(renderer, pages: list[tuple[str, RenderOptions]]) -> tuple[float, int]:
-    start = time.perf_counter()
+def tree_cpu_s() -> float | None:
+    """CPU seconds used so far by this process and everything under it (driver, browsers).
+
+    The machine is shared and its load swings; CPU time per picture is the figure that
+    does not move with it. Dead children count through their parent's children_* times.
+    """
+    try:
+        import psutil
+    except ImportError:
+        return None
+    total = 0.0
+    procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            continue
+    return total
+
+
+async def time_backend(renderer, pages: list[tuple[str, RenderOptions]]) -> tuple[float, float | None, int]:
+    cpu0, start = tree_cpu_s(), time.perf_counter()
     shots = await asyncio.gather(*(renderer.render(doc, opts) for doc, opts in pages))
-    elapsed = time.perf_counter() - start
+    elapsed, cpu1 = time.perf_counter() - start, tree_cpu_s()
+    cpu = (cpu1 - cpu0) / len(pages) if cpu0 is not None and cpu1 is not None else None
     bad = sum(1 for s in shots if problems(s, Limits(min_chars=20)))
-    return elapsed, bad
+    return elapsed, cpu, bad
 
 
 async def main() -> None:
@@ -107,18 +129,25 @@ async def main() -> None:
     async with BrowserPool(PoolConfig(pages=args.pool_pages)) as pool:
         startup = time.perf_counter() - start
         await time_backend(pool, pages[:args.pool_pages])  # warm each page once
-        pool_s, pool_bad = await time_backend(pool, pages)
+        pool_s, pool_cpu, pool_bad = await time_backend(pool, pages)
     print(f"pool: {len(pages)} pages in {pool_s:.2f}s (+{startup:.2f}s start), {pool_bad} failing checks")
 
     async with Html2ImageRenderer(workers=args.h2i_workers, timeout_s=60) as h2i:
-        h2i_s, h2i_bad = await time_backend(h2i, h2i_pages)
+        h2i_s, h2i_cpu, h2i_bad = await time_backend(h2i, h2i_pages)
     print(f"html2image: {len(h2i_pages)} pages in {h2i_s:.2f}s, {h2i_bad} failing checks")
 
     pool_ips = len(pages) / pool_s
     h2i_ips = len(h2i_pages) / h2i_s
+    cpus = os.cpu_count() or 1
+    cpu_figures = {} if pool_cpu is None or h2i_cpu is None else {
+        "pool_cpu_s_per_image": round(pool_cpu, 4), "html2image_cpu_s_per_image": round(h2i_cpu, 3),
+        "cpu_ratio": round(h2i_cpu / pool_cpu, 1),
+        # what the CPU cost alone allows on this many idle cores (an estimate, not a timing)
+        "pool_ips_idle_estimate": round(cpus / pool_cpu, 1)}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     print(json.dumps({
         "pages": len(pages), "html2image_pages": len(h2i_pages), "pool_pages": args.pool_pages,
-        "html2image_workers": args.h2i_workers, "format": "jpeg", "cpus": os.cpu_count(),
+        "html2image_workers": args.h2i_workers, "format": "jpeg", "cpus": cpus, "load_avg_1m": load, **cpu_figures,
         "pool_startup_s": round(startup, 2), "pool_failing_checks": pool_bad, "html2image_failing_checks": h2i_bad,
         "html2image_ips": round(h2i_ips, 2), "pool_ips": round(pool_ips, 2), "speedup": round(pool_ips / h2i_ips, 1),
     }))
