@@ -215,3 +215,21 @@ def test_unreadable_images_cost_their_records_not_the_run(parts, tmp_path):
     assert read_status(tmp_path / "run")["state"] == "succeeded"
     keys = json.loads(next((tmp_path / "cache").rglob("shard-*.keys.json")).read_text())
     assert len(keys) == 6  # the corrupt and the missing image were left out
+
+
+def test_two_processes_shard_the_data_and_save_once(parts, tmp_path, monkeypatch):
+    """torchrun with 2 CPU processes (gloo): data is split between ranks, rank 0 reports and saves."""
+    import subprocess
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = config(parts, tmp_path)
+    cfg["stages"] = [{"name": "pretrain", "learning_rate": 1e-3, "epochs": 1, "batch_size": 4}]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "synthgen.trainer", "--config", str(tmp_path / "c.yaml")],
+                          capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    st = read_status(tmp_path / "run")
+    assert st["state"] == "succeeded" and st["total_steps"] == 3  # 24 rows / (4 per batch x 2 ranks)
+    LlavaForConditionalGeneration.from_pretrained(tmp_path / "model")

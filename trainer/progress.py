@@ -18,8 +18,18 @@ LOG_FILE = "train.log"
 STATES = ("running", "succeeded", "failed", "cancelled")
 
 
+def is_main_process() -> bool:
+    """Rank 0 under torchrun/accelerate launch (or a single process): the one that reports."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def write_status(run_dir: Path, **fields: Any) -> dict[str, Any]:
-    """Merge `fields` into status.json; keeps keys not given (e.g. total_steps between stages)."""
+    """Merge `fields` into status.json; keeps keys not given (e.g. total_steps between stages).
+
+    Only the main process writes; other ranks' calls are no-ops.
+    """
+    if not is_main_process():
+        return fields
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     current = read_status(run_dir)

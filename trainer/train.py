@@ -30,7 +30,7 @@ from synthgen.trainer import features_cache
 from synthgen.trainer.assemble import Assembled, assemble, vision_features, vision_fingerprint
 from synthgen.trainer.config import StageConfig, TrainConfig
 from synthgen.trainer.data import Corpus, Encoder, TrainDataset, build_corpus, collate, epoch_items
-from synthgen.trainer.progress import cancel_requested, write_status
+from synthgen.trainer.progress import cancel_requested, is_main_process, write_status
 from synthgen.trainer.saving import save_stage_model
 
 log = logging.getLogger("synthgen.trainer")
@@ -142,7 +142,10 @@ def _accelerator(cfg: TrainConfig, stage: StageConfig, run_dir: Path) -> Acceler
             ds["gradient_clipping"] = stage.max_grad_norm or 0.0
         plugin = DeepSpeedPlugin(hf_ds_config=ds)
     mp = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[cfg.precision]
-    return Accelerator(mixed_precision=mp, gradient_accumulation_steps=stage.grad_accum, deepspeed_plugin=plugin,
+    # without a GPU, multi-process runs (torchrun) need cpu=True to become MULTI_CPU (gloo) rather than N copies
+    accel = getattr(torch, "accelerator", None)
+    on_cpu = accel is None or accel.current_accelerator() is None
+    return Accelerator(cpu=on_cpu, mixed_precision=mp, gradient_accumulation_steps=stage.grad_accum, deepspeed_plugin=plugin,
                        log_with=cfg.report_to or None, project_dir=str(run_dir))
 
 
@@ -309,6 +312,8 @@ def run_stage(run: Run, si: int, stage: StageConfig) -> Path:
             run.global_step += 1
             if step % cfg.logging_steps == 0 or step == total:
                 mean = float(np.mean(window))
+                if accelerator.num_processes > 1:  # the same step on every rank: average across them
+                    mean = accelerator.reduce(torch.tensor([mean], device=accelerator.device), "mean").item()
                 dt = time.perf_counter() - t0
                 lr = scheduler.get_last_lr()[0]
                 accelerator.log({f"{stage.name}/loss": mean, f"{stage.name}/lr": lr,
@@ -320,6 +325,9 @@ def run_stage(run: Run, si: int, stage: StageConfig) -> Path:
                 window, tokens, t0 = [], 0, time.perf_counter()
             position = {"step": step, "epoch": epoch, "micro": micro}
             stopping = run.stop or cancel_requested(run.run_dir)
+            if accelerator.num_processes > 1:  # every rank must stop at the same step (checkpointing is collective)
+                flag = torch.tensor([float(stopping)], device=accelerator.device)
+                stopping = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
             if stopping or (step % cfg.save_steps == 0 and step < total):
                 _save_checkpoint(run, stage, accelerator, position)
             if stopping:
@@ -328,7 +336,8 @@ def run_stage(run: Run, si: int, stage: StageConfig) -> Path:
             if step >= total:
                 break
         epoch += 1
-    accelerator.end_training()
+    for tracker in accelerator.trackers:  # not end_training(): it also tears down the process group
+        tracker.finish()
     out = Path(cfg.output_dir) if si == len(cfg.stages) - 1 else Path(cfg.output_dir) / "stages" / stage.name
     write_status(run.run_dir, phase="saving")
     run.assembled = save_stage_model(accelerator, step_module, a.processor, out, cfg, stage)
@@ -357,8 +366,9 @@ def run_training(cfg: TrainConfig) -> Path:
                 continue
             run.ensure_model(prev)
             out = run_stage(run, si, stage)
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(json.dumps({"model_dir": str(out)}))
+            if is_main_process():
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text(json.dumps({"model_dir": str(out)}))
             prev = str(out)
             if cfg.deepspeed:
                 run.assembled = None  # partitioned in place: reload the saved stage for the next one
