@@ -117,3 +117,25 @@ def test_embedded_smoke_model_really_generates():
     assert 0 < result.completion_tokens <= 24
     assert result.prompt_tokens > 5
     assert "paris" in result.text.lower()
+
+
+async def test_cancelled_request_stops_generation_early(tiny_model_dir):
+    """A caller that goes away (cancelled record, stopped job) frees the model thread at once."""
+    import time
+
+    roles = _roles(tiny_model_dir, max_tokens=20000, temperature=0.0)
+    client = roles["writer"].client
+    client.load()
+    # Without ignore_eos a random model might stop by itself; never let it.
+    client._tok.eos_token_id = None
+    client._model.generation_config.eos_token_id = None
+    try:
+        task = asyncio.create_task(roles["writer"].chat([{"role": "user", "content": "こんにちは"}]))
+        await asyncio.sleep(1.0)
+        task.cancel()
+        start = time.perf_counter()
+        # The model thread is free again when a trivial job submitted behind the batch runs.
+        await asyncio.wait_for(client._batcher.run_in_model_thread(lambda: None), timeout=10)
+        assert time.perf_counter() - start < 5
+    finally:
+        await close_roles(roles)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,10 +21,17 @@ import orjson
 from synthgen.generators.engine.messages import ChatResult, Message
 
 
+def _never() -> bool:
+    return False
+
+
 @dataclass(slots=True)
 class LocalRequest:
     messages: list[Message]
     sampling: dict[str, Any]
+    # Read from the model thread between decoding steps: a request whose caller went away
+    # (record cancelled, job stopped) should not keep the model busy for hundreds of tokens.
+    abandoned: Callable[[], bool] = _never
 
 
 BatchFn = Callable[[list[LocalRequest]], list[ChatResult]]
@@ -38,13 +46,18 @@ class MicroBatcher:
         self._queue: asyncio.Queue[tuple[LocalRequest, asyncio.Future[ChatResult]]] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
+        self._closing = threading.Event()
+
+    def should_stop(self, batch: list[LocalRequest]) -> bool:
+        """True once the engine is closing or every caller in the batch has gone away."""
+        return self._closing.is_set() or all(r.abandoned() for r in batch)
 
     async def submit(self, messages: list[Message], sampling: dict[str, Any]) -> ChatResult:
         if self._queue is None:
             self._queue = asyncio.Queue()
             self._worker = asyncio.create_task(self._loop())
         fut: asyncio.Future[ChatResult] = asyncio.get_running_loop().create_future()
-        await self._queue.put((LocalRequest(messages, sampling), fut))
+        await self._queue.put((LocalRequest(messages, sampling, fut.cancelled), fut))
         return await fut
 
     async def _loop(self) -> None:
@@ -79,6 +92,7 @@ class MicroBatcher:
                         fut.set_result(res)
 
     async def aclose(self) -> None:
+        self._closing.set()
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -119,6 +120,7 @@ class TransformersClient:
             gen_kwargs["do_sample"] = False
         if sampling.get("seed") is not None:
             torch.manual_seed(int(sampling["seed"]))
+        gen_kwargs["stopping_criteria"] = abandon_criteria(lambda: self._batcher.should_stop(batch))
         with torch.inference_mode():
             out = model.generate(**enc, **gen_kwargs)
         prompt_len = enc["input_ids"].shape[1]
@@ -144,3 +146,15 @@ def _text_only(messages: list[Message]) -> list[dict[str, str]]:
     if any(images_of(m) for m in messages):
         raise RequestError("bad_request", "this transformers model is text-only; images were sent")
     return [{"role": m["role"], "content": text_of(m)} for m in messages]
+
+
+def abandon_criteria(should_stop: Callable[[], bool]) -> Any:
+    """A transformers stopping criterion that ends generation for the whole batch early."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Abandon(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return torch.full((input_ids.shape[0],), should_stop(), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_Abandon()])
