@@ -69,13 +69,19 @@ def list_generators(as_json: Annotated[bool, typer.Option("--json", help="print 
             else:
                 default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
                 shown = json.dumps(default, ensure_ascii=False,
-                                   default=lambda o: o.name if hasattr(o, "name") else str(o))
+                                   default=_jsonable)
             table.add_row(field_name, kind, shown[:40] + ("…" if len(shown) > 40 else ""), field.description or "")
         out.print(table)
         out.print(f"  roles: {', '.join(gen.roles)}    reads: {gen.reads}\n")
     for name, why in plugin.broken().items():
         console.print(f"[yellow]warning:[/] generator {name!r} is registered but does not load: {why}",
                       highlight=False, soft_wrap=True)
+
+
+def _jsonable(o: object) -> object:
+    if hasattr(o, "model_dump"):
+        return o.model_dump(mode="json")
+    return o.name if hasattr(o, "name") else str(o)
 
 
 @app.command("run")
