@@ -96,7 +96,7 @@ def scaled_pair(text_tokens: int, target_share: float, vocab: int):
     return best
 
 
-def cpu_bench(args) -> dict:
+def cpu_bench(args, work: Path) -> dict:
     from accelerate import Accelerator
 
     from synthgen.trainer import smoke
@@ -107,7 +107,6 @@ def cpu_bench(args) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     real = stage1_share(siglip_so400m(), llama_1b(), REAL_IMAGE_TOKENS, REAL_TEXT_TOKENS)
-    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     tok = smoke.train_tokenizer(smoke.shapes_corpus(), work / "tok")
     probe = smoke.shapes_rows(8, seed=0)["messages"]
     from synthgen.trainer.chat_format import render
@@ -286,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         result = gpu_mfu(args)
     else:
         args.batch, args.steps = args.batch or 4, args.steps or 8
-        result = cpu_bench(args)
+        with tempfile.TemporaryDirectory(prefix="bench-train-") as work:
+            result = cpu_bench(args, Path(work))
     print(json.dumps(result))
     return 0
 
