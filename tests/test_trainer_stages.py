@@ -149,7 +149,7 @@ def test_resume_continues_from_the_step_it_stopped_at(parts, tmp_path, monkeypat
     LlavaForConditionalGeneration.from_pretrained(tmp_path / "stopped" / "model")
 
 
-def wait_for(run_dir: Path, pred, timeout: float = 120.0) -> dict:
+def wait_for(run_dir: Path, pred, timeout: float = 240.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         st = launch.status(run_dir)
