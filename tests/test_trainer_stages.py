@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -168,12 +170,16 @@ def test_training_job_reports_progress_and_cancels(parts, tmp_path, monkeypatch)
     cfg["stages"][1]["max_steps"] = 100000
     run_dir = tmp_path / "job"
     pid = launch.start(cfg, run_dir)
-    assert pid > 0 and (run_dir / "config.yaml").exists()
-    st = wait_for(run_dir, lambda s: s["state"] != "running" or (s["stage"] == "finetune" and (s["step"] or 0) >= 2))
-    assert st["state"] == "running", st["log_tail"]
-    assert st["total_steps"] == 100000 and st["loss"] is not None and "finetune" in st["log_tail"]
-    launch.cancel(run_dir)
-    st = wait_for(run_dir, lambda s: s["state"] != "running", timeout=60)
+    try:
+        assert pid > 0 and (run_dir / "config.yaml").exists()
+        st = wait_for(run_dir, lambda s: s["state"] != "running" or (s["stage"] == "finetune" and (s["step"] or 0) >= 2))
+        assert st["state"] == "running", st["log_tail"]
+        assert st["total_steps"] == 100000 and st["loss"] is not None and "finetune" in st["log_tail"]
+        launch.cancel(run_dir)
+        st = wait_for(run_dir, lambda s: s["state"] != "running", timeout=60)
+    finally:  # never leave a 100000-step job behind when an assertion fails
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
     assert st["state"] == "cancelled"
     assert list((run_dir / "checkpoints" / "finetune").glob("step-*/position.json"))
     stage1 = json.loads((run_dir / "stages" / "pretrain.done.json").read_text())["model_dir"]
