@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,26 +28,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from throughput import free_port, wait_for_port
 
 
 def start_server(latency: float) -> tuple[subprocess.Popen[bytes], str]:
     """A loopback server process answering both generators' prompts (images checked, not decoded)."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, __file__, "--serve", "--port", str(port), "--latency", str(latency)])
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, f"http://127.0.0.1:{port}/v1"
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("loopback server did not start")
+    return proc, wait_for_port(proc, port)
 
 
 def _serve(port: int, latency: float) -> None:

@@ -40,11 +40,16 @@ def start_server(latency: float) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "synthgen.loopback_server", "--port", str(port),
                              "--latency", str(latency)])
+    return proc, wait_for_port(proc, port)
+
+
+def wait_for_port(proc: subprocess.Popen[bytes], port: int) -> str:
+    """The server's base URL once it accepts connections (the process is killed if it never does)."""
     deadline = time.time() + 30
     while time.time() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, f"http://127.0.0.1:{port}/v1"
+            return f"http://127.0.0.1:{port}/v1"
         except OSError:
             time.sleep(0.1)
     proc.kill()

@@ -23,7 +23,7 @@ from synthgen.generators.engine.messages import ChatResult, assistant, user
 from synthgen.generators.images.checks import is_refusal, mentions_caption
 from synthgen.generators.images.download import Downloader, open_downloader
 from synthgen.generators.images.sources import ImageInputParams, describe, iter_items, load_image
-from synthgen.generators.plugin import Generator, InputContext, RecordContext, Skip
+from synthgen.generators.plugin import Generator, InputContext, RecordContext, Skip, unique_names
 from synthgen.generators.textcheck import is_japanese, strip_label
 
 
@@ -83,10 +83,7 @@ class Params(ImageInputParams):
     @field_validator("categories")
     @classmethod
     def _unique(cls, v: list[Category]) -> list[Category]:
-        names = [c.name for c in v]
-        if len(set(names)) != len(names):
-            raise ValueError(f"category names must be unique: {names}")
-        return v
+        return unique_names(v, "category")
 
 
 def features(_params: BaseModel) -> datasets.Features:

@@ -16,7 +16,7 @@ import datasets
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from synthgen.generators.engine.messages import ChatResult, assistant, system, user
-from synthgen.generators.plugin import Generator, InputContext, RecordContext, Skip
+from synthgen.generators.plugin import Generator, InputContext, RecordContext, Skip, unique_names
 from synthgen.generators.textcheck import is_japanese, leaks_answer, strip_label
 
 
@@ -56,10 +56,7 @@ class Params(BaseModel):
     @field_validator("tasks")
     @classmethod
     def _unique_tasks(cls, tasks: list[Task]) -> list[Task]:
-        names = [t.name for t in tasks]
-        if len(set(names)) != len(names):
-            raise ValueError(f"task names must be unique: {names}")
-        return tasks
+        return unique_names(tasks, "task")
 
 
 def features(_params: BaseModel) -> datasets.Features:

@@ -100,6 +100,15 @@ class Generator:
         return self.params_model.model_json_schema()
 
 
+def unique_names(items: list[Any], what: str) -> list[Any]:
+    """For params validators: named choices (tasks, categories) must not repeat, or weights and
+    resume keys would silently merge two entries."""
+    names = [item.name for item in items]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what} names must be unique: {names}")
+    return items
+
+
 class UnknownGenerator(LookupError):
     pass
 

@@ -100,41 +100,15 @@ class TransformersClient:
         return await self._batcher.submit(messages, sampling)
 
     def _generate_batch(self, batch: list[LocalRequest]) -> list[ChatResult]:
-        import torch
-
         self.load()
         tok, model = self._tok, self._model
-        sampling = batch[0].sampling
         try:
             texts = [tok.apply_chat_template(_text_only(r.messages), tokenize=False, add_generation_prompt=True)
                      for r in batch]
         except Exception as exc:  # e.g. a template that rejects the roles given
             raise RequestError("bad_request", f"chat template failed: {exc}") from exc
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        max_new = int(sampling.get("max_tokens") or 256)
-        temperature = float(sampling.get("temperature") if sampling.get("temperature") is not None else 0.7)
-        gen_kwargs: dict[str, Any] = {"max_new_tokens": max_new, "pad_token_id": tok.pad_token_id}
-        if temperature > 0:
-            gen_kwargs.update(do_sample=True, temperature=temperature, top_p=float(sampling.get("top_p") or 1.0))
-        else:
-            gen_kwargs["do_sample"] = False
-        if sampling.get("seed") is not None:
-            torch.manual_seed(int(sampling["seed"]))
-        gen_kwargs["stopping_criteria"] = abandon_criteria(lambda: self._batcher.should_stop(batch))
-        with torch.inference_mode():
-            out = model.generate(**enc, **gen_kwargs)
-        prompt_len = enc["input_ids"].shape[1]
-        results = []
-        for i, req in enumerate(batch):
-            new = out[i, prompt_len:]
-            n_new = int((new != tok.pad_token_id).sum())
-            text = tok.decode(new, skip_special_tokens=True)
-            text, stopped = truncate_at_stop(text, req.sampling.get("stop"))
-            finish = "stop" if stopped or n_new < max_new else "length"
-            results.append(ChatResult(text=text.strip(), finish_reason=finish,
-                                      prompt_tokens=int(enc["attention_mask"][i].sum()),
-                                      completion_tokens=n_new, model=self.model))
-        return results
+        return generate_batch(model, tok, enc, batch, lambda: self._batcher.should_stop(batch), self.model)
 
     async def aclose(self) -> None:
         await self._batcher.aclose()
@@ -158,3 +132,36 @@ def abandon_criteria(should_stop: Callable[[], bool]) -> Any:
             return torch.full((input_ids.shape[0],), should_stop(), dtype=torch.bool, device=input_ids.device)
 
     return StoppingCriteriaList([_Abandon()])
+
+
+def generate_batch(model: Any, tok: Any, enc: Any, batch: list[LocalRequest], should_stop: Callable[[], bool],
+                   model_name: str) -> list[ChatResult]:
+    """Shared by the text and VLM clients: one `generate` for a batch with one set of sampling
+    parameters, then per-request decoding, stop strings, finish reasons and token counts."""
+    import torch
+
+    sampling = batch[0].sampling
+    max_new = int(sampling.get("max_tokens") or 256)
+    temperature = float(sampling["temperature"]) if sampling.get("temperature") is not None else 0.7
+    gen_kwargs: dict[str, Any] = {"max_new_tokens": max_new, "pad_token_id": tok.pad_token_id,
+                                  "stopping_criteria": abandon_criteria(should_stop)}
+    if temperature > 0:
+        gen_kwargs.update(do_sample=True, temperature=temperature, top_p=float(sampling.get("top_p") or 1.0))
+    else:
+        gen_kwargs["do_sample"] = False
+    if sampling.get("seed") is not None:
+        torch.manual_seed(int(sampling["seed"]))
+    with torch.inference_mode():
+        out = model.generate(**enc, **gen_kwargs)
+    prompt_len = enc["input_ids"].shape[1]
+    results = []
+    for i, req in enumerate(batch):
+        new = out[i, prompt_len:]
+        n_new = int((new != tok.pad_token_id).sum())
+        text = tok.decode(new, skip_special_tokens=True)
+        text, stopped = truncate_at_stop(text, req.sampling.get("stop"))
+        finish = "stop" if stopped or n_new < max_new else "length"
+        results.append(ChatResult(text=text.strip(), finish_reason=finish,
+                                  prompt_tokens=int(enc["attention_mask"][i].sum()),
+                                  completion_tokens=n_new, model=model_name))
+    return results

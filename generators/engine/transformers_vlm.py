@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from synthgen.generators.engine.errors import EngineUnavailable, RequestError
-from synthgen.generators.engine.local_batch import LocalRequest, MicroBatcher, truncate_at_stop
+from synthgen.generators.engine.local_batch import LocalRequest, MicroBatcher
 from synthgen.generators.engine.messages import ChatResult, Message
 from synthgen.spec import RoleConfig
 
@@ -92,7 +92,7 @@ class TransformersVLMClient:
         return await self._batcher.submit(messages, sampling)
 
     def _generate_batch(self, batch: list[LocalRequest]) -> list[ChatResult]:
-        import torch
+        from synthgen.generators.engine.transformers_engine import generate_batch
 
         self.load()
         proc, model = self._proc, self._model
@@ -111,30 +111,7 @@ class TransformersVLMClient:
             raise RequestError("bad_request", f"processor failed: {exc}") from exc
         if "pixel_values" in enc:
             enc["pixel_values"] = enc["pixel_values"].to(model.dtype)
-        sampling = batch[0].sampling
-        max_new = int(sampling.get("max_tokens") or 256)
-        temperature = float(sampling["temperature"]) if sampling.get("temperature") is not None else 0.7
-        gen_kwargs: dict[str, Any] = {"max_new_tokens": max_new, "pad_token_id": tok.pad_token_id}
-        if temperature > 0:
-            gen_kwargs.update(do_sample=True, temperature=temperature, top_p=float(sampling.get("top_p") or 1.0))
-        else:
-            gen_kwargs["do_sample"] = False
-        if sampling.get("seed") is not None:
-            torch.manual_seed(int(sampling["seed"]))
-        with torch.inference_mode():
-            out = model.generate(**enc, **gen_kwargs)
-        prompt_len = enc["input_ids"].shape[1]
-        results = []
-        for i, req in enumerate(batch):
-            new = out[i, prompt_len:]
-            n_new = int((new != tok.pad_token_id).sum())
-            text = tok.decode(new, skip_special_tokens=True)
-            text, stopped = truncate_at_stop(text, req.sampling.get("stop"))
-            finish = "stop" if stopped or n_new < max_new else "length"
-            results.append(ChatResult(text=text.strip(), finish_reason=finish,
-                                      prompt_tokens=int(enc["attention_mask"][i].sum()),
-                                      completion_tokens=n_new, model=self.model))
-        return results
+        return generate_batch(model, tok, enc, batch, lambda: self._batcher.should_stop(batch), self.model)
 
     async def aclose(self) -> None:
         await self._batcher.aclose()
