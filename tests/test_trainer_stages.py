@@ -232,10 +232,18 @@ def test_two_processes_shard_the_data_and_save_once(parts, tmp_path, monkeypatch
     cfg = config(parts, tmp_path)
     cfg["stages"] = [{"name": "pretrain", "learning_rate": 1e-3, "epochs": 1, "batch_size": 4}]
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "synthgen.trainer", "--config", str(tmp_path / "c.yaml")],
-                          capture_output=True, text=True, timeout=240, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Its own process group, killed whole at the end: a timed-out launcher must not leave its
+    # ranks blocked in a gloo barrier (they outlive a plain subprocess.run timeout).
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "synthgen.trainer", "--config", str(tmp_path / "c.yaml")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=240)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == 0, stderr[-3000:]
     st = read_status(tmp_path / "run")
     assert st["state"] == "succeeded" and st["total_steps"] == 3  # 24 rows / (4 per batch x 2 ranks)
     LlavaForConditionalGeneration.from_pretrained(tmp_path / "model")
