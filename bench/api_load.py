@@ -12,7 +12,8 @@ the measurement (proof it was in progress), and the API process's own CPU time p
 
 With no think time (the default) 50 clients form a closed loop that saturates the server, so
 latency there is mostly queueing: p50 ~= 50 / throughput. `--think-ms` makes each client pause
-between calls, like people and dashboards do, which measures latency below saturation.
+between calls (uniform 0..2x, so clients do not move in lockstep), like people and dashboards
+do, which measures latency below saturation.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import signal
 import socket
 import statistics
@@ -81,9 +83,14 @@ async def load(api: str, model_url: str, clients: int, rounds: int, gets: int, t
             await asyncio.sleep(0.2)
         before = (await get_json(session, f"{api}/v1/jobs/{running}"))["progress"]["records"]
 
-        async def client() -> None:
+        async def client(rng: random.Random) -> None:
+            # Independent clients: pauses drawn around `think` (uniform 0..2x), so they do not
+            # march in lockstep after a synchronised start.
+            def pause() -> float:
+                return rng.uniform(0, 2 * think)
+
             for _ in range(rounds):
-                await asyncio.sleep(think)
+                await asyncio.sleep(pause())
                 t = time.perf_counter()
                 async with session.post(f"{api}/v1/jobs", json=small) as r:
                     body = await r.json()
@@ -92,7 +99,7 @@ async def load(api: str, model_url: str, clients: int, rounds: int, gets: int, t
                     errors["post"] += 1
                     continue
                 for _ in range(gets):
-                    await asyncio.sleep(think)
+                    await asyncio.sleep(pause())
                     t = time.perf_counter()
                     async with session.get(f"{api}/v1/jobs/{body['id']}") as g:
                         await g.read()
@@ -100,7 +107,7 @@ async def load(api: str, model_url: str, clients: int, rounds: int, gets: int, t
                     errors["get"] += g.status != 200
 
         started, cpu0 = time.perf_counter(), cpu_seconds(api_pid)
-        await asyncio.gather(*(client() for _ in range(clients)))
+        await asyncio.gather(*(client(random.Random(i)) for i in range(clients)))
         wall, cpu = time.perf_counter() - started, cpu_seconds(api_pid) - cpu0
         after = await get_json(session, f"{api}/v1/jobs/{running}")
         async with session.post(f"{api}/v1/jobs/{running}/cancel") as r:
