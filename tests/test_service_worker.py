@@ -224,3 +224,31 @@ def test_worker_that_cannot_renew_its_lease_stops_writing(tmp_path):
         result = asyncio.run(run_claimed(store, claimed, settings, "cut-off", threading.Event()))
     assert result == "lost" and calls["n"] >= 2
     assert time.monotonic() - started < settings.heartbeat_timeout_s + 5
+
+
+def test_job_insert_waits_out_a_held_sqlite_write_lock(tmp_path):
+    """A worker holding SQLite's write lock delays a POST's insert; it must not fail it, and the
+    insert must land soon after the lock is released (polled, not SQLite's 100 ms sleeps)."""
+    import sqlite3
+    import threading
+
+    store = JobStore.open(f"sqlite:///{tmp_path}/synthgen.db")
+    holder = sqlite3.connect(tmp_path / "synthgen.db", isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    released = threading.Event()
+
+    def release() -> None:
+        time.sleep(0.5)
+        holder.execute("COMMIT")
+        released.set()
+
+    threading.Thread(target=release).start()
+    try:
+        row = store.create(generator="persona-qa", public_spec={"n": 1}, secret_spec_json="{}",
+                           out_dir=str(tmp_path / "o"), n=1)
+        assert released.is_set(), "the insert got past a held write lock"
+        assert store.get(row.id) is not None
+    finally:
+        released.wait(5)
+        holder.close()
+        store.dispose()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 
 from synthgen.service.store.db import connect, migrate
@@ -137,15 +138,37 @@ class JobStore:
                 except queue.Empty:
                     break
             try:
-                with self.write() as conn:
-                    conn.execute(insert(JOBS), [{k: getattr(r, k) for k in _JOB_FIELDS} for r, _, _ in batch])
-                    conn.execute(insert(SPECS), [{"job_id": r.id, "spec_json": sj} for r, sj, _ in batch])
+                self._insert_batch(batch)
             except Exception as exc:
                 for _, _, fut in batch:
                     fut.set_exception(exc)
             else:
                 for row, _, fut in batch:
                     fut.set_result(row)
+
+    def _insert_batch(self, batch: list[tuple[JobRow, str, Future[JobRow]]]) -> None:
+        """One transaction for the batch. On SQLite, when a worker holds the write lock, poll
+        for it every millisecond or two: SQLite's own busy handler sleeps in steps of up to
+        100 ms, which became the API's POST tail latency while a job was writing progress."""
+        jobs = [{k: getattr(r, k) for k in _JOB_FIELDS} for r, _, _ in batch]
+        specs = [{"job_id": r.id, "spec_json": sj} for r, sj, _ in batch]
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with self.write() as conn:
+                    if self.local:
+                        conn.exec_driver_sql("PRAGMA busy_timeout=2")
+                    try:
+                        conn.execute(insert(JOBS), jobs)
+                        conn.execute(insert(SPECS), specs)
+                    finally:
+                        if self.local:
+                            conn.exec_driver_sql("PRAGMA busy_timeout=30000")
+                return
+            except OperationalError as exc:
+                if not self.local or "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.001)
 
     def get(self, job_id: str) -> JobRow | None:
         with self.engine.connect() as conn:
