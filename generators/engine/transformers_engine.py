@@ -89,11 +89,7 @@ class TransformersClient:
             tok = AutoTokenizer.from_pretrained(self.path, **kwargs)
             dtype = getattr(torch, self.dtype) if self.dtype else None
             model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype, **kwargs)
-            device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            model.to(device).eval()
-            tok.padding_side = "left"
-            if tok.pad_token is None:
-                tok.pad_token = tok.eos_token
+            ready_for_generation(model, tok, self.device)
             self._tok, self._model = tok, model
 
     async def complete(self, messages: list[Message], sampling: dict[str, Any], timeout: float) -> ChatResult:
@@ -165,3 +161,14 @@ def generate_batch(model: Any, tok: Any, enc: Any, batch: list[LocalRequest], sh
                                   prompt_tokens=int(enc["attention_mask"][i].sum()),
                                   completion_tokens=n_new, model=model_name))
     return results
+
+
+def ready_for_generation(model: Any, tok: Any, device: str | None) -> None:
+    """Shared by the text and VLM clients: device, eval mode, and left padding (a decoder-only
+    batch continues from the right edge, so prompts must be padded on the left)."""
+    import torch
+
+    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token

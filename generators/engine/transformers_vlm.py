@@ -80,12 +80,9 @@ class TransformersVLMClient:
             proc = AutoProcessor.from_pretrained(self.path)
             dtype = getattr(torch, self.dtype) if self.dtype else None
             model = AutoModelForImageTextToText.from_pretrained(self.path, dtype=dtype)
-            device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            model.to(device).eval()
-            tok = proc.tokenizer
-            tok.padding_side = "left"  # decoder-only generation continues from the right edge
-            if tok.pad_token is None:
-                tok.pad_token = tok.eos_token
+            from synthgen.generators.engine.transformers_engine import ready_for_generation
+
+            ready_for_generation(model, proc.tokenizer, self.device)
             self._proc, self._model = proc, model
 
     async def complete(self, messages: list[Message], sampling: dict[str, Any], timeout: float) -> ChatResult:
