@@ -117,14 +117,19 @@ async def _style(style: str, picture: dict[str, Any], p: Params, ctx: RecordCont
     return style, caption, japanese
 
 
-def _check_caption(result: ChatResult, style: str, p: Params) -> str:
-    text = result.text.strip()
+def _usable(text: str, result: ChatResult, what: str, style: str) -> str:
+    """The checks a caption and its translation share; reasons are named after `what`."""
     if not text:
-        raise Skip("empty_caption", style)
+        raise Skip(f"empty_{what}", style)
     if is_refusal(text):
-        raise Skip("caption_refusal", f"{style}: {text[:300]}")
+        raise Skip(f"{what}_refusal", f"{style}: {text[:300]}")
     if result.finish_reason == "length":
-        raise Skip("truncated_caption", f"{style}: {text[-200:]}")
+        raise Skip(f"truncated_{what}", f"{style}: {text[-200:]}")
+    return text
+
+
+def _check_caption(result: ChatResult, style: str, p: Params) -> str:
+    text = _usable(result.text.strip(), result, "caption", style)
     if len(text) < p.min_caption_chars:
         raise Skip("caption_too_short", f"{style}: {text!r}")
     if p.caption_language == "ja" and not is_japanese(text, p.japanese_min_ratio):
@@ -133,13 +138,7 @@ def _check_caption(result: ChatResult, style: str, p: Params) -> str:
 
 
 def _check_translation(result: ChatResult, source: str, style: str, p: Params) -> str:
-    text = strip_translation_label(result.text)
-    if not text:
-        raise Skip("empty_translation", style)
-    if is_refusal(text):
-        raise Skip("translation_refusal", f"{style}: {text[:300]}")
-    if result.finish_reason == "length":
-        raise Skip("truncated_translation", f"{style}: {text[-200:]}")
+    text = _usable(strip_translation_label(result.text), result, "translation", style)
     if not is_japanese(text, p.japanese_min_ratio):
         raise Skip("translation_not_japanese", f"{style}: {text[:300]}")
     low, high = p.ratio_bounds()

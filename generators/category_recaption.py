@@ -176,11 +176,7 @@ def _question(result: ChatResult, p: Params) -> str:
         raise Skip("category_not_applicable", text[:200])
     if result.finish_reason == "length" or len(text) > p.max_question_chars:
         raise Skip("question_too_long", text[:300])
-    if not is_japanese(text, p.japanese_min_ratio):
-        raise Skip("question_not_japanese", text[:300])
-    if mentions_caption(text):
-        raise Skip("question_mentions_caption", text[:300])
-    return text
+    return _japanese_without_caption(text, "question", p)
 
 
 def _answer(result: ChatResult, p: Params) -> str:
@@ -191,10 +187,15 @@ def _answer(result: ChatResult, p: Params) -> str:
         raise Skip("answer_too_short", repr(text))
     if result.finish_reason == "length":
         raise Skip("truncated_answer", text[-200:])
+    return _japanese_without_caption(text, "answer", p)
+
+
+def _japanese_without_caption(text: str, what: str, p: Params) -> str:
+    """Shared by questions and answers: Japanese, and never giving away that a caption was read."""
     if not is_japanese(text, p.japanese_min_ratio):
-        raise Skip("answer_not_japanese", text[:300])
+        raise Skip(f"{what}_not_japanese", text[:300])
     if mentions_caption(text):
-        raise Skip("answer_mentions_caption", text[:300])
+        raise Skip(f"{what}_mentions_caption", text[:300])
     return text
 
 

@@ -23,7 +23,7 @@ from synthgen.generators.engine.runner import run_job
 from synthgen.generators.images.loopback_responders import CAPTIONS_EN, CAPTIONS_JA, image_responder, style_of
 from synthgen.generators.images.samples import draw, encode, write_folder
 from synthgen.generators.textcheck import is_japanese
-from synthgen.loopback_server import LoopbackServer, Reply, last_user_text
+from synthgen.loopback_server import LoopbackServer, Reply, last_user_text, loopback_site
 from synthgen.spec import JobSpec
 
 CLI = [sys.executable, "-m", "synthgen.service.cli"]
@@ -174,16 +174,9 @@ def test_url_column_japanese_captions_and_one_turn(tmp_path):
             name = request.match_info["name"]
             return web.Response(body=pictures[name]) if name in pictures else web.Response(status=404)
 
-        app = web.Application()
-        app.router.add_get("/{name}", handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        urls = [f"http://127.0.0.1:{port}/{n}" for n in [*pictures, "gone.png"]]
-        pq.write_table(pa.table({"url": urls}), tmp_path / "links.parquet")
-        try:
+        async with loopback_site(handle) as base:
+            urls = [f"{base}/{n}" for n in [*pictures, "gone.png"]]
+            pq.write_table(pa.table({"url": urls}), tmp_path / "links.parquet")
             server = LoopbackServer(image_responder())
             await server.start_async()
             spec = JobSpec(generator="caption-translate", n=4, out=str(tmp_path / "out"),
@@ -194,8 +187,6 @@ def test_url_column_japanese_captions_and_one_turn(tmp_path):
                 return await run_job(spec), urls
             finally:
                 await server.stop_async()
-        finally:
-            await runner.cleanup()
 
     result, urls = asyncio.run(scenario())
     assert result.stats.state == "succeeded"

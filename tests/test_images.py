@@ -23,6 +23,7 @@ from synthgen.generators.images.download import DownloadFailed, DownloadLimits, 
 from synthgen.generators.images.normalize import ImageRejected, Limits, normalize
 from synthgen.generators.images.samples import draw, encode, write_folder
 from synthgen.generators.images.sources import ImageInputParams, iter_items, load_image
+from synthgen.loopback_server import loopback_site
 
 
 def _open(data: bytes) -> Image.Image:
@@ -224,17 +225,8 @@ def image_host():
         return web.Response(status=404)
 
     async def serve(test):
-        app = web.Application()
-        app.router.add_get("/{name}", handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        try:
-            return await test(f"http://127.0.0.1:{port}")
-        finally:
-            await runner.cleanup()
+        async with loopback_site(handle) as base:
+            return await test(base)
 
     return serve, hits
 
