@@ -146,24 +146,16 @@ def _quiet_library_progress() -> None:
 
 def _smoke_defaults(spec: Any, roles: tuple[str, ...]) -> Any:
     """With no endpoint anywhere, say so plainly and keep the smoke model's replies short."""
-    from synthgen.generators.engine.roles import resolve_roles
+    from synthgen.generators.engine.roles import resolve_roles, uses_smoke_model, with_smoke_defaults
 
     resolved = resolve_roles(spec.roles, roles)
-    if any(c.engine == "transformers" and not c.model for c in resolved.values()):
+    if uses_smoke_model(resolved):
         console.print(
             "[yellow]No --base-url given: using the embedded smoke-test model SmolLM2-135M-Instruct on the CPU. "
             "It proves the pipeline works; it writes little Japanese, so expect most records to be dropped by "
             "the Japanese check (each with its reason). For real data pass --base-url URL --model NAME "
             "(e.g. a vLLM server).[/]", highlight=False)
-        default = spec.roles.get("default")
-        if default is None or default.max_tokens is None:
-            from synthgen.spec import RoleConfig
-
-            roles_cfg = dict(spec.roles)
-            base = roles_cfg.get("default", RoleConfig())
-            roles_cfg["default"] = base.model_copy(update={"max_tokens": 160})
-            spec = spec.model_copy(update={"roles": roles_cfg})
-    return spec
+    return with_smoke_defaults(spec, resolved)
 
 
 async def _run_with_progress(spec: Any, quiet: bool) -> RunResult:

@@ -18,7 +18,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 from synthgen.generators.engine.admission import AdaptiveLimit
 from synthgen.generators.engine.errors import RequestError
 from synthgen.generators.engine.messages import ChatResult, Message
-from synthgen.spec import DEFAULT_ROLE, RoleConfig
+from synthgen.spec import DEFAULT_ROLE, JobSpec, RoleConfig
 
 DEFAULTS = RoleConfig(engine="openai", concurrency=256, timeout=120.0, max_attempts=6, temperature=0.7,
                       max_tokens=1024)
@@ -148,6 +148,23 @@ def resolve_roles(configured: Mapping[str, RoleConfig], needed: tuple[str, ...])
             raise ValueError(f"role {role!r}: the vllm engine needs a model (Hub id or local path)")
         resolved[role] = cfg
     return resolved
+
+
+SMOKE_MAX_TOKENS = 160
+
+
+def uses_smoke_model(resolved: Mapping[str, RoleConfig]) -> bool:
+    return any(c.engine == "transformers" and not c.model for c in resolved.values())
+
+
+def with_smoke_defaults(spec: JobSpec, resolved: Mapping[str, RoleConfig]) -> JobSpec:
+    """On the embedded smoke-test model replies default to 160 tokens, so a first job on a CPU
+    ends in minutes rather than generating 1024-token answers. CLI and API both apply it."""
+    base = spec.roles.get(DEFAULT_ROLE) or RoleConfig()
+    if not uses_smoke_model(resolved) or base.max_tokens is not None:
+        return spec
+    capped = base.model_copy(update={"max_tokens": SMOKE_MAX_TOKENS})
+    return spec.model_copy(update={"roles": {**spec.roles, DEFAULT_ROLE: capped}})
 
 
 def _client_key(cfg: RoleConfig) -> tuple[Any, ...]:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from synthgen.generators import plugin
-from synthgen.generators.engine.roles import resolve_roles
+from synthgen.generators.engine.roles import resolve_roles, with_smoke_defaults
 from synthgen.service.api import records
 from synthgen.service.api.paths import PathEscape, confine
 from synthgen.service.api.schemas import JobOut, JobPage, JobStatus, RecordsPage, job_out
@@ -20,7 +20,7 @@ from synthgen.service.store import JobStore
 from synthgen.service.store.jobs import JobRow as Job
 from synthgen.service.store.jobs import new_job_id
 from synthgen.service.worker import secret_spec_json
-from synthgen.spec import DEFAULT_ROLE, JobSpec, RoleConfig
+from synthgen.spec import JobSpec
 
 router = APIRouter(tags=["jobs"])
 JobId = Annotated[str, PathParam(min_length=1, max_length=64, description="job id")]
@@ -89,7 +89,7 @@ async def create_job(spec: Annotated[JobSpec, Body(openapi_examples=EXAMPLES)], 
         resolved = resolve_roles(spec.roles, gen.roles)
     except (ValueError, ValidationError) as exc:
         raise invalid(["body", "roles"], str(exc)) from None
-    spec = smoke_defaults(spec, resolved)
+    spec = with_smoke_defaults(spec, resolved)
     job_id = new_job_id()
     out = confine_out(request, spec.out, job_id)
     if spec.out:  # a folder of the user's choosing: check it on a thread (file system + a query)
@@ -102,17 +102,6 @@ async def create_job(spec: Annotated[JobSpec, Body(openapi_examples=EXAMPLES)], 
     job = await asyncio.wrap_future(pending)  # the insert is committed off the event loop, batched
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job_out(job, request.app.state.root_prefix)
-
-
-def smoke_defaults(spec: JobSpec, resolved: dict[str, RoleConfig]) -> JobSpec:
-    """As the CLI does: on the embedded smoke-test model, replies default to 160 tokens, so a
-    first job on a CPU ends in minutes rather than generating 1024-token answers."""
-    if not any(c.engine == "transformers" and not c.model for c in resolved.values()):
-        return spec
-    base = spec.roles.get(DEFAULT_ROLE) or RoleConfig()
-    if base.max_tokens is not None:
-        return spec
-    return spec.model_copy(update={"roles": {**spec.roles, DEFAULT_ROLE: base.model_copy(update={"max_tokens": 160})}})
 
 
 def confine_out(request: Request, out: str | None, job_id: str) -> Path:
