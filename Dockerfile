@@ -9,14 +9,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/synthgen
-COPY pyproject.toml setup.py README.md ./
-COPY synthgen ./synthgen
-COPY generators ./generators
-COPY service ./service
-COPY prompts ./prompts
-COPY personas ./personas
-COPY trainer ./trainer
-COPY evaluator ./evaluator
+# The whole tree (.dockerignore leaves out tests, benchmarks and local data); setup.py maps
+# its folders to packages.
+COPY . ./
 # The service talks to model servers over HTTP, so no torch here; Postgres driver for the store.
 RUN pip install ".[postgres]"
 

@@ -1,14 +1,18 @@
-"""Package discovery for the card's top-level folders, all under the `synthgen` namespace.
+"""The one place that maps the repository's top-level folders to packages under `synthgen`.
 
-pyproject.toml maps each folder to `synthgen.<folder>`; this file only lists their
-sub-packages so that a new sub-folder with an `__init__.py` ships without editing config.
+The folders stay at the repository's top (as the card lays them out) but all import as
+`synthgen.*`, so installing synthgen never puts generic names like `service` into
+site-packages. Sub-packages are found by their `__init__.py`, so a new sub-folder ships
+without editing config; a new top-level folder is one line in ROOTS. The Dockerfile copies
+the whole tree and installs it, so it needs no list of its own.
 """
 
 from pathlib import Path
 
 from setuptools import setup
 
-ROOTS = {"synthgen": "synthgen", "generators": "synthgen.generators", "service": "synthgen.service",
+ROOTS = {"synthgen": "synthgen", "engine": "synthgen.engine", "generators": "synthgen.generators",
+         "service": "synthgen.service",
          "personas": "synthgen.personas", "prompts": "synthgen.prompts", "trainer": "synthgen.trainer",
          "evaluator": "synthgen.evaluator"}
 
@@ -23,4 +27,4 @@ def _packages() -> list[str]:
     return found
 
 
-setup(packages=_packages())
+setup(packages=_packages(), package_dir={name: folder for folder, name in ROOTS.items()})

@@ -42,7 +42,9 @@ def start_server(latency: float) -> tuple[subprocess.Popen[bytes], str]:
 def _serve(port: int, latency: float) -> None:
     from aiohttp import web
 
-    from synthgen.generators.images.loopback_responders import ImageChecks, image_responder
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # test-only responders
+    from image_responders import ImageChecks, image_responder
+
     from synthgen.loopback_server import LoopbackServer
 
     try:
@@ -61,7 +63,7 @@ async def _vlm_ceiling(base_url: str, concurrency: int, requests: int, image_siz
     import aiohttp
     import orjson
 
-    from synthgen.generators.engine.messages import image_part
+    from synthgen.engine.messages import image_part
     from synthgen.generators.images.samples import draw, encode
 
     body = orjson.dumps({"model": "vlm", "max_tokens": 1024, "messages": [{"role": "user", "content": [
@@ -87,7 +89,7 @@ def run(*, records: int = 1500, concurrency: int = 64, vlm_latency: float = 0.2,
         styles: tuple[str, ...] = ("short", "detailed", "dense"), image_size: tuple[int, int] = (96, 72),
         record_concurrency: int | None = None) -> dict[str, Any]:
     """Run caption-translate for `records` images against two fresh endpoints; returns the figures."""
-    from synthgen.generators.engine.runner import install_fast_loop, run_job
+    from synthgen.engine.runner import install_fast_loop, run_job
     from synthgen.generators.images.samples import write_folder
     from synthgen.spec import JobSpec
 

@@ -84,7 +84,7 @@ async def _ceiling(base_url: str, concurrency: int, seconds: float) -> float:
 
 # -- (b) the engine: persona-qa records ---------------------------------------------------------
 def _engine(base_url: str, concurrency: int, records: int) -> dict[str, float]:
-    from synthgen.generators.engine.runner import install_fast_loop, run_job
+    from synthgen.engine.runner import install_fast_loop, run_job
     from synthgen.spec import JobSpec
 
     install_fast_loop()
@@ -92,8 +92,8 @@ def _engine(base_url: str, concurrency: int, records: int) -> dict[str, float]:
     # (job setup, persona loading and finalize stay inside it).
     import pyarrow.parquet  # noqa: F401
 
-    import synthgen.generators.engine.openai_http  # noqa: F401
-    from synthgen.generators import plugin
+    import synthgen.engine.openai_http  # noqa: F401
+    from synthgen.engine import plugin
 
     plugin.get("persona-qa")
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,14 +15,14 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, TypeVar
 
 import datasets
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from synthgen.generators.engine.messages import ChatResult, assistant, image_part, user
+from synthgen.engine.messages import ChatResult, assistant, image_part, user
+from synthgen.engine.plugin import Generator, InputContext, RecordContext, Skip
+from synthgen.engine.prompts import Prompts
 from synthgen.generators.images.checks import is_refusal, length_ratio, strip_translation_label
 from synthgen.generators.images.download import Downloader, open_downloader
 from synthgen.generators.images.sources import ImageInputParams, describe, iter_items, load_image
-from synthgen.generators.plugin import Generator, InputContext, RecordContext, Skip
-from synthgen.generators.prompts import Prompts
 from synthgen.generators.textcheck import is_japanese
 
 Style = Literal["short", "detailed", "dense"]
@@ -62,8 +62,7 @@ class Params(ImageInputParams):
         return self.length_ratio or DEFAULT_RATIOS[self.caption_language]
 
 
-def features(params: BaseModel) -> datasets.Features:
-    p: Params = params  # type: ignore[assignment]
+def features(p: Params) -> datasets.Features:
     by_style = {s: datasets.Value("string") for s in p.styles}
     return datasets.Features({
         "image": datasets.Image(),
@@ -79,16 +78,16 @@ def features(params: BaseModel) -> datasets.Features:
     })
 
 
-def inputs(ctx: InputContext) -> Iterator[dict[str, Any]]:
-    yield from iter_items(ctx.params)  # type: ignore[arg-type]
+def inputs(ctx: InputContext[Params]) -> Iterator[dict[str, Any]]:
+    yield from iter_items(ctx.params)
 
 
-def resources(params: BaseModel) -> AbstractAsyncContextManager[Downloader]:
-    return open_downloader(params.download_limits())  # type: ignore[attr-defined]
+def resources(params: Params) -> AbstractAsyncContextManager[Downloader]:
+    return open_downloader(params.download_limits())
 
 
-async def generate(item: dict[str, Any], ctx: RecordContext) -> list[dict[str, Any]]:
-    p: Params = ctx.params  # type: ignore[assignment]
+async def generate(item: dict[str, Any], ctx: RecordContext[Params]) -> list[dict[str, Any]]:
+    p = ctx.params
     img = await load_image(item, p, ctx.resources)
     picture = image_part(img.data)
     done = await first_failure_cancels([_style(style, picture, p, ctx) for style in p.styles])
@@ -104,7 +103,7 @@ async def generate(item: dict[str, Any], ctx: RecordContext) -> list[dict[str, A
     }]
 
 
-async def _style(style: str, picture: dict[str, Any], p: Params, ctx: RecordContext) -> tuple[str, str, str]:
+async def _style(style: str, picture: dict[str, Any], p: Params, ctx: RecordContext[Params]) -> tuple[str, str, str]:
     """Caption one style, then translate it at once: no wait for the record's other styles."""
     prompt = _static(ctx.prompts, "caption", style, p.caption_language)
     caption = _check_caption(await ctx.role("vlm").chat([user([picture, {"type": "text", "text": prompt}])]),
@@ -148,7 +147,7 @@ def _check_translation(result: ChatResult, source: str, style: str, p: Params) -
     return text
 
 
-def _conversation(captions_ja: dict[str, str], p: Params, ctx: RecordContext) -> list[dict[str, str]]:
+def _conversation(captions_ja: dict[str, str], p: Params, ctx: RecordContext[Params]) -> list[dict[str, str]]:
     """`<image>` and a varied Japanese instruction per turn, answered by the Japanese caption."""
     styles = list(p.styles)
     if p.conversation == "one":
@@ -185,7 +184,7 @@ async def first_failure_cancels(steps: list[Awaitable[T]]) -> list[T]:
     return [t.result() for t in tasks]
 
 
-generator = Generator(
+generator = Generator[Params](
     name="caption-translate",
     version="1",
     description="VLM captions in several styles (short, detailed, dense), translated into Japanese by an LLM",

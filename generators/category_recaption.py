@@ -19,11 +19,11 @@ from typing import Any
 import datasets
 from pydantic import BaseModel, Field, field_validator
 
-from synthgen.generators.engine.messages import ChatResult, assistant, user
+from synthgen.engine.messages import ChatResult, assistant, user
+from synthgen.engine.plugin import Generator, InputContext, RecordContext, Skip, unique_names
 from synthgen.generators.images.checks import is_refusal, mentions_caption
 from synthgen.generators.images.download import Downloader, open_downloader
 from synthgen.generators.images.sources import ImageInputParams, describe, iter_items, load_image
-from synthgen.generators.plugin import Generator, InputContext, RecordContext, Skip, unique_names
 from synthgen.generators.textcheck import is_japanese, strip_label
 
 
@@ -86,7 +86,7 @@ class Params(ImageInputParams):
         return unique_names(v, "category")
 
 
-def features(_params: BaseModel) -> datasets.Features:
+def features(_params: Params) -> datasets.Features:
     return datasets.Features({
         "image": datasets.Image(),
         "image_sha256": datasets.Value("string"),
@@ -120,9 +120,9 @@ class Dealer:
         return chosen
 
 
-def inputs(ctx: InputContext) -> Iterator[dict[str, Any]]:
+def inputs(ctx: InputContext[Params]) -> Iterator[dict[str, Any]]:
     """One item per (image, category): an image's reference and caption, dealt k categories."""
-    p: Params = ctx.params  # type: ignore[assignment]
+    p = ctx.params
     dealer = Dealer(p.categories, ctx.seed)
     for item in iter_items(p, {"caption": p.caption_column}):
         caption = item.get("caption")
@@ -136,12 +136,12 @@ def inputs(ctx: InputContext) -> Iterator[dict[str, Any]]:
             yield {**item, "category": category.name}
 
 
-def resources(params: BaseModel) -> AbstractAsyncContextManager[Downloader]:
-    return open_downloader(params.download_limits())  # type: ignore[attr-defined]
+def resources(params: Params) -> AbstractAsyncContextManager[Downloader]:
+    return open_downloader(params.download_limits())
 
 
-async def generate(item: dict[str, Any], ctx: RecordContext) -> list[dict[str, Any]]:
-    p: Params = ctx.params  # type: ignore[assignment]
+async def generate(item: dict[str, Any], ctx: RecordContext[Params]) -> list[dict[str, Any]]:
+    p = ctx.params
     caption = item["caption"]
     if len(caption) < p.min_caption_chars:
         raise Skip("caption_missing" if not caption else "caption_too_short", caption[:200])
@@ -207,7 +207,7 @@ def _consistent(verdict: str, answer: str) -> None:
         raise Skip("consistency_unclear", f"judge said: {verdict[:200]}")
 
 
-generator = Generator(
+generator = Generator[Params](
     name="category-recaption",
     version="1",
     description="Questions of configurable categories about each image, answered from its detailed caption",

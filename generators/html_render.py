@@ -21,8 +21,8 @@ import datasets
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from synthgen.generators.engine.messages import ChatResult, assistant, user
-from synthgen.generators.plugin import Generator, InputContext, RecordContext, Skip
+from synthgen.engine.messages import ChatResult, assistant, user
+from synthgen.engine.plugin import Generator, InputContext, RecordContext, Skip
 from synthgen.generators.render import RenderError, RenderOptions, open_renderer
 from synthgen.generators.render.checks import Limits, problems
 from synthgen.generators.render.sandbox import UnsafeHtml, sanitize
@@ -107,7 +107,7 @@ class Params(BaseModel):
         return self
 
 
-def features(_params: BaseModel) -> datasets.Features:
+def features(_params: Params) -> datasets.Features:
     text = datasets.Value("string")
     return datasets.Features({
         "image": datasets.Image(),
@@ -126,10 +126,10 @@ def features(_params: BaseModel) -> datasets.Features:
     })
 
 
-def inputs(ctx: InputContext) -> Iterator[dict[str, Any]]:
+def inputs(ctx: InputContext[Params]) -> Iterator[dict[str, Any]]:
     from synthgen.generators.text_sources import iter_passages
 
-    p: Params = ctx.params  # type: ignore[assignment]
+    p = ctx.params
     for index, item in enumerate(iter_passages(
             p.source, column=p.column, split=p.split, config=p.subset, target_chars=p.passage_chars,
             min_chars=p.min_passage_chars, max_chars=p.max_passage_chars, skip_rows=p.skip_rows,
@@ -138,9 +138,9 @@ def inputs(ctx: InputContext) -> Iterator[dict[str, Any]]:
 
 
 @contextlib.asynccontextmanager
-async def resources(params: BaseModel) -> AsyncIterator[Any]:
+async def resources(params: Params) -> AsyncIterator[Any]:
     """One renderer (the browser pool by default) shared by every record of the run."""
-    p: Params = params  # type: ignore[assignment]
+    p = params
     async with open_renderer(p.backend, pages=p.pool_pages, timeout_s=p.render_timeout_s,
                              executable=p.chromium) as renderer:
         yield renderer
@@ -211,7 +211,7 @@ def visible_pairs(pairs: list[dict[str, str]], passage: str, visible: str) -> li
     return kept
 
 
-def _style(ctx: RecordContext, p: Params) -> dict[str, Any]:
+def _style(ctx: RecordContext[Params], p: Params) -> dict[str, Any]:
     rng = ctx.rng
     names = [k for k, w in p.layouts.items() if w > 0]
     layout = rng.choices(names, [p.layouts[k] for k in names])[0]
@@ -236,8 +236,8 @@ def _page_html(result: ChatResult) -> str:
         raise Skip("unsafe_html", str(exc)) from None
 
 
-async def generate(item: dict[str, Any], ctx: RecordContext) -> list[dict[str, Any]]:
-    p: Params = ctx.params  # type: ignore[assignment]
+async def generate(item: dict[str, Any], ctx: RecordContext[Params]) -> list[dict[str, Any]]:
+    p = ctx.params
     renderer = ctx.resources
     if renderer is None:
         raise RuntimeError("html-render needs its renderer: run it through the engine (resources)")
@@ -287,7 +287,7 @@ async def generate(item: dict[str, Any], ctx: RecordContext) -> list[dict[str, A
     }]
 
 
-generator = Generator(
+generator = Generator[Params](
     name="html-render",
     version="1",
     description="Japanese text drawn as web pages (11 layouts) in a sandboxed browser pool; read-all + span Q&A",

@@ -15,8 +15,8 @@ from typing import Any
 import datasets
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from synthgen.generators.engine.messages import ChatResult, assistant, system, user
-from synthgen.generators.plugin import Generator, InputContext, RecordContext, Skip, unique_names
+from synthgen.engine.messages import ChatResult, assistant, system, user
+from synthgen.engine.plugin import Generator, InputContext, RecordContext, Skip, unique_names
 from synthgen.generators.textcheck import is_japanese, leaks_answer, strip_label
 
 
@@ -59,7 +59,7 @@ class Params(BaseModel):
         return unique_names(tasks, "task")
 
 
-def features(_params: BaseModel) -> datasets.Features:
+def features(_params: Params) -> datasets.Features:
     return datasets.Features({
         "messages": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
         "persona": datasets.Value("string"),
@@ -70,11 +70,11 @@ def features(_params: BaseModel) -> datasets.Features:
     })
 
 
-def inputs(ctx: InputContext) -> Iterator[dict[str, Any]]:
+def inputs(ctx: InputContext[Params]) -> Iterator[dict[str, Any]]:
     """An endless seeded stream of (persona, task, difficulty); the engine stops it."""
     from synthgen.personas.loaders import load_personas
 
-    p: Params = ctx.params  # type: ignore[assignment]
+    p = ctx.params
     personas = load_personas(p.personas, limit=p.persona_limit, column=p.persona_column)
     if not personas:
         raise ValueError("the persona source yielded no personas")
@@ -89,8 +89,8 @@ def inputs(ctx: InputContext) -> Iterator[dict[str, Any]]:
         index += 1
 
 
-async def generate(item: dict[str, Any], ctx: RecordContext) -> list[dict[str, Any]]:
-    p: Params = ctx.params  # type: ignore[assignment]
+async def generate(item: dict[str, Any], ctx: RecordContext[Params]) -> list[dict[str, Any]]:
+    p = ctx.params
     task = next(t for t in p.tasks if t.name == item["task"])
     writer, answerer = ctx.role("writer"), ctx.role("answerer")
     answer_system = system(ctx.prompts.render("answer_system"))
@@ -140,7 +140,7 @@ def _answer(result: ChatResult, p: Params, *, turn: int) -> str:
     return text
 
 
-generator = Generator(
+generator = Generator[Params](
     name="persona-qa",
     version="1",
     description="Persona-driven multi-turn Japanese Q&A (math, reasoning, coding, knowledge)",

@@ -16,10 +16,10 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from synthgen.generators import plugin
-from synthgen.generators.engine.checkpoint import RunExists
-from synthgen.generators.engine.errors import EngineUnavailable
-from synthgen.generators.engine.runner import RunResult, RunStats, install_fast_loop, run_job
+from synthgen.engine import plugin
+from synthgen.engine.checkpoint import RunExists
+from synthgen.engine.errors import EngineUnavailable
+from synthgen.engine.runner import RunResult, RunStats, install_fast_loop, run_job
 from synthgen.service.config_file import build_spec
 from synthgen.settings import get_settings
 
@@ -146,7 +146,7 @@ def _quiet_library_progress() -> None:
 
 def _smoke_defaults(spec: Any, roles: tuple[str, ...]) -> Any:
     """With no endpoint anywhere, say so plainly and keep the smoke model's replies short."""
-    from synthgen.generators.engine.roles import resolve_roles, uses_smoke_model, with_smoke_defaults
+    from synthgen.engine.roles import resolve_roles, uses_smoke_model, with_smoke_defaults
 
     resolved = resolve_roles(spec.roles, roles)
     if uses_smoke_model(resolved):

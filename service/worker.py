@@ -23,8 +23,8 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from synthgen.generators.engine.checkpoint import MARKER, STATE_DIR
-from synthgen.generators.engine.runner import RunResult, RunStats, install_fast_loop, run_job
+from synthgen.engine.checkpoint import MARKER, STATE_DIR
+from synthgen.engine.runner import RunResult, RunStats, install_fast_loop, run_job
 from synthgen.service.store import JobStore
 from synthgen.service.store.jobs import Claimed
 from synthgen.settings import Settings, get_settings

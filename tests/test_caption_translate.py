@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
+from image_responders import CAPTIONS_EN, CAPTIONS_JA, image_responder, style_of
 from PIL import Image
 
-from synthgen.generators.engine.runner import run_job
-from synthgen.generators.images.loopback_responders import CAPTIONS_EN, CAPTIONS_JA, image_responder, style_of
+from synthgen.engine.runner import run_job
 from synthgen.generators.images.samples import draw, encode, write_folder
 from synthgen.generators.textcheck import is_japanese
 from synthgen.loopback_server import LoopbackServer, Reply, last_user_text, loopback_site
@@ -238,7 +238,7 @@ def test_bad_params_are_clear_errors(tmp_path):
 
 @pytest.mark.parametrize("style", ["short", "detailed", "dense"])
 def test_caption_prompt_asks_for_each_style(style):
-    from synthgen.generators.prompts import Prompts
+    from synthgen.engine.prompts import Prompts
 
     prompts = Prompts("caption_translate")
     assert style_of(prompts.render("caption", style=style, language="en")) == style

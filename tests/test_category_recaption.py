@@ -15,11 +15,11 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from image_responders import ANSWERS, CAPTIONS_JA, QUESTIONS, image_responder
 
+from synthgen.engine.runner import run_job
 from synthgen.generators.category_recaption import DEFAULT_CATEGORIES, Category, Dealer
-from synthgen.generators.engine.runner import run_job
 from synthgen.generators.images.checks import mentions_caption
-from synthgen.generators.images.loopback_responders import ANSWERS, CAPTIONS_JA, QUESTIONS, image_responder
 from synthgen.generators.images.samples import draw, encode, write_folder
 from synthgen.generators.textcheck import is_japanese
 from synthgen.loopback_server import LoopbackServer, last_user_text

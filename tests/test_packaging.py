@@ -18,7 +18,7 @@ def test_wheel_has_one_namespace_and_ships_prompts(tmp_path):
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"synthgen"}, tops
     assert "synthgen/service/cli.py" in names
-    assert "synthgen/generators/engine/runner.py" in names
+    assert "synthgen/engine/runner.py" in names
     assert "synthgen/prompts/persona_qa/question.j2" in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "persona-qa = synthgen.generators.persona_qa:generator" in entry_points

@@ -4,7 +4,7 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
-from synthgen.generators import plugin
+from synthgen.engine import plugin
 
 
 def test_broken_plugin_is_isolated_and_named(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from synthgen.generators.engine.errors import RequestError
-from synthgen.generators.engine.roles import build_roles, close_roles, resolve_roles
+from synthgen.engine.errors import RequestError
+from synthgen.engine.roles import build_roles, close_roles, resolve_roles
 from synthgen.loopback_server import LoopbackServer, Reply
 from synthgen.spec import RoleConfig
 
@@ -157,7 +157,7 @@ def test_roles_with_same_endpoint_share_a_client():
 
 
 def test_admission_halves_on_429_and_recovers():
-    from synthgen.generators.engine.admission import AdaptiveLimit
+    from synthgen.engine.admission import AdaptiveLimit
 
     limit = AdaptiveLimit(16, cooldown=0.0)
     limit.overloaded()
@@ -173,7 +173,7 @@ def test_admission_halves_on_429_and_recovers():
 
 
 def test_admission_cancelled_waiters_do_not_leak_slots():
-    from synthgen.generators.engine.admission import AdaptiveLimit
+    from synthgen.engine.admission import AdaptiveLimit
 
     async def go():
         limit = AdaptiveLimit(1)

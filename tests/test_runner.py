@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 from pydantic import BaseModel
 
-from synthgen.generators.engine.checkpoint import RunExists
-from synthgen.generators.engine.runner import RunStats, run_job
-from synthgen.generators.plugin import Generator, InputContext, RecordContext, Skip
+from synthgen.engine.checkpoint import RunExists
+from synthgen.engine.plugin import Generator, InputContext, RecordContext, Skip
+from synthgen.engine.runner import RunStats, run_job
 from synthgen.loopback_server import LoopbackServer
 from synthgen.spec import JobSpec
 

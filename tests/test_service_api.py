@@ -20,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from synthgen.generators.engine.checkpoint import ShardStore
+from synthgen.engine.checkpoint import ShardStore
 from synthgen.loopback_server import LoopbackServer
 from synthgen.service.api import create_app
 from synthgen.service.store import JobStore

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from synthgen.generators.engine.errors import RequestError
-from synthgen.generators.engine.messages import image_part
-from synthgen.generators.engine.roles import build_roles, close_roles, resolve_roles
-from synthgen.generators.engine.transformers_engine import SMOKE_MODEL_NAME, TransformersClient
+from synthgen.engine.errors import RequestError
+from synthgen.engine.messages import image_part
+from synthgen.engine.roles import build_roles, close_roles, resolve_roles
+from synthgen.engine.transformers_engine import SMOKE_MODEL_NAME, TransformersClient
 from synthgen.spec import RoleConfig
 
 CHAT_TEMPLATE = (

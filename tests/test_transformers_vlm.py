@@ -7,11 +7,11 @@ import itertools
 
 import pytest
 
-from synthgen.generators.engine.errors import RequestError
-from synthgen.generators.engine.messages import image_part, user
-from synthgen.generators.engine.roles import build_roles, close_roles, resolve_roles
-from synthgen.generators.engine.transformers_engine import TransformersClient
-from synthgen.generators.engine.transformers_vlm import TransformersVLMClient, is_vision_checkpoint
+from synthgen.engine.errors import RequestError
+from synthgen.engine.messages import image_part, user
+from synthgen.engine.roles import build_roles, close_roles, resolve_roles
+from synthgen.engine.transformers_engine import TransformersClient
+from synthgen.engine.transformers_vlm import TransformersVLMClient, is_vision_checkpoint
 from synthgen.generators.images.samples import draw
 from synthgen.spec import RoleConfig
 
@@ -179,9 +179,9 @@ def test_undecodable_image_is_a_bad_request(tiny_llava_dir):
 def test_caption_translate_runs_on_the_in_process_vlm(chain_llava_dir, tmp_path):
     """The vlm role in-process, the translator on a loopback server: rows with images come out."""
     import datasets
+    from image_responders import CAPTIONS_JA
 
-    from synthgen.generators.engine.runner import run_job
-    from synthgen.generators.images.loopback_responders import CAPTIONS_JA
+    from synthgen.engine.runner import run_job
     from synthgen.generators.images.samples import write_folder
     from synthgen.loopback_server import LoopbackServer
     from synthgen.spec import JobSpec

@@ -14,9 +14,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from synthgen.generators.engine.errors import EngineUnavailable
-from synthgen.generators.engine.messages import image_part
-from synthgen.generators.engine.roles import build_roles, close_roles, resolve_roles
+from synthgen.engine.errors import EngineUnavailable
+from synthgen.engine.messages import image_part
+from synthgen.engine.roles import build_roles, close_roles, resolve_roles
 from synthgen.spec import RoleConfig
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from synthgen.generators.plugin import Skip
+from synthgen.engine.plugin import Skip
 
 USER_AGENT = "synthgen-image-fetch/1"
 

@@ -16,7 +16,7 @@ from typing import Literal
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from synthgen.generators.plugin import Skip
+from synthgen.engine.plugin import Skip
 
 Format = Literal["jpeg", "png"]
 

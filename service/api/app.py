@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from synthgen import __version__
-from synthgen.generators import plugin
+from synthgen.engine import plugin
 from synthgen.service.api import jobs, meta, trainings
 from synthgen.service.api.auth import require_api_key
 from synthgen.service.store import JobStore

@@ -11,8 +11,8 @@ from fastapi import Path as PathParam
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from synthgen.generators import plugin
-from synthgen.generators.engine.roles import resolve_roles, with_smoke_defaults
+from synthgen.engine import plugin
+from synthgen.engine.roles import resolve_roles, with_smoke_defaults
 from synthgen.service.api import records
 from synthgen.service.api.paths import PathEscape, confine
 from synthgen.service.api.schemas import JobOut, JobPage, JobStatus, RecordsPage, job_out

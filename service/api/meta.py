@@ -8,7 +8,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import text
 
 from synthgen import __version__
-from synthgen.generators import plugin
+from synthgen.engine import plugin
 from synthgen.service.api.schemas import GeneratorOut, Health
 from synthgen.service.store import JobStore
 from synthgen.service.store.models import JOB_STATUSES

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pyarrow.parquet as pq
 
-from synthgen.generators.engine.checkpoint import MARKER, STATE_DIR
+from synthgen.engine.checkpoint import MARKER, STATE_DIR
 
 
 def _shards(out: Path) -> list[dict[str, Any]]:

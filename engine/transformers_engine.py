@@ -14,14 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from synthgen.generators.engine.errors import EngineUnavailable, RequestError
-from synthgen.generators.engine.local_batch import LocalRequest, MicroBatcher, truncate_at_stop
-from synthgen.generators.engine.messages import ChatResult, Message
+from synthgen.engine.errors import EngineUnavailable, RequestError
+from synthgen.engine.local_batch import LocalRequest, MicroBatcher, truncate_at_stop
+from synthgen.engine.messages import ChatResult, Message
 from synthgen.settings import get_settings
 from synthgen.spec import RoleConfig
 
 if TYPE_CHECKING:
-    from synthgen.generators.engine.transformers_vlm import TransformersVLMClient
+    from synthgen.engine.transformers_vlm import TransformersVLMClient
 
 log = logging.getLogger(__name__)
 SMOKE_MODEL_NAME = "SmolLM2-135M-Instruct (embedded smoke-test model)"
@@ -59,7 +59,7 @@ class TransformersClient:
     def from_config(cls, cfg: RoleConfig) -> TransformersClient | TransformersVLMClient:
         opts = cfg.options
         if cfg.model:
-            from synthgen.generators.engine import transformers_vlm
+            from synthgen.engine import transformers_vlm
 
             if transformers_vlm.is_vision_checkpoint(cfg.model, opts):  # LLaVA-style: processor + VLM
                 return transformers_vlm.TransformersVLMClient.from_config(cfg)
@@ -111,7 +111,7 @@ class TransformersClient:
 
 
 def _text_only(messages: list[Message]) -> list[dict[str, str]]:
-    from synthgen.generators.engine.messages import images_of, text_of
+    from synthgen.engine.messages import images_of, text_of
 
     if any(images_of(m) for m in messages):
         raise RequestError("bad_request", "this transformers model is text-only; images were sent")

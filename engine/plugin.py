@@ -15,17 +15,19 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
     import datasets
 
-    from synthgen.generators.engine.roles import Role
-    from synthgen.generators.prompts import Prompts
+    from synthgen.engine.prompts import Prompts
+    from synthgen.engine.roles import Role
 
 ENTRY_POINT_GROUP = "synthgen.generators"
+# The params model of one generator: `Generator[Params]` makes `ctx.params` a `Params` in its plugin.
+P = TypeVar("P", bound=BaseModel)
 
 
 class Skip(Exception):
@@ -42,12 +44,12 @@ class Skip(Exception):
 
 
 @dataclass
-class RecordContext:
+class RecordContext(Generic[P]):
     """What one record's generation sees: its key, a seeded RNG, the roles and the prompts."""
 
     key: str
     seed: int
-    params: BaseModel
+    params: P
     roles: Mapping[str, Role]
     prompts: Prompts
     resources: Any = None
@@ -65,35 +67,35 @@ class RecordContext:
 
 
 @dataclass(frozen=True)
-class InputContext:
+class InputContext(Generic[P]):
     """What an input stream sees: the params, the run's seed, and where local files resolve."""
 
-    params: BaseModel
+    params: P
     seed: int
 
 
 @dataclass(frozen=True)
-class Generator:
+class Generator(Generic[P]):
     name: str
     version: str
     description: str
-    params_model: type[BaseModel]
+    params_model: type[P]
     roles: tuple[str, ...]
     # What it reads, in words, for `synthgen generators` and the API.
     reads: str
     # Features of a row (without the engine's own `key` column), given the params.
-    features: Callable[[BaseModel], datasets.Features]
+    features: Callable[[P], datasets.Features]
     # An endless or finite stream of JSON-able input items; the engine keys and counts them.
-    inputs: Callable[[InputContext], Iterator[dict[str, Any]]]
+    inputs: Callable[[InputContext[P]], Iterator[dict[str, Any]]]
     # One input -> rows (usually one). Raise Skip to drop it with a reason.
-    generate: Callable[[dict[str, Any], RecordContext], Awaitable[list[dict[str, Any]]]]
+    generate: Callable[[dict[str, Any], RecordContext[P]], Awaitable[list[dict[str, Any]]]]
     # Folder under prompts/ holding this generator's Jinja2 templates.
     prompt_dir: str | Path | None = None
     # Run-wide resources (a browser pool, an image downloader): an async context manager
     # built from the params, entered once per run; its value is `RecordContext.resources`.
-    resources: Callable[[BaseModel], AbstractAsyncContextManager[Any]] | None = None
+    resources: Callable[[P], AbstractAsyncContextManager[Any]] | None = None
 
-    def parse_params(self, raw: Mapping[str, Any]) -> BaseModel:
+    def parse_params(self, raw: Mapping[str, Any]) -> P:
         return self.params_model.model_validate(dict(raw))
 
     def params_schema(self) -> dict[str, Any]:

@@ -21,13 +21,13 @@ import datasets
 import orjson
 
 from synthgen import __version__
-from synthgen.generators import plugin
-from synthgen.generators.engine.checkpoint import ShardStore
-from synthgen.generators.engine.errors import RequestError
-from synthgen.generators.engine.finalize import publish, save_dataset, write_manifest
-from synthgen.generators.engine.keys import record_key, row_key, seed_of
-from synthgen.generators.engine.roles import Role, build_roles, close_roles, resolve_roles
-from synthgen.generators.prompts import Prompts
+from synthgen.engine import plugin
+from synthgen.engine.checkpoint import ShardStore
+from synthgen.engine.errors import RequestError
+from synthgen.engine.finalize import publish, save_dataset, write_manifest
+from synthgen.engine.keys import record_key, row_key, seed_of
+from synthgen.engine.prompts import Prompts
+from synthgen.engine.roles import Role, build_roles, close_roles, resolve_roles
 from synthgen.settings import Settings, get_settings
 from synthgen.spec import JobSpec
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from synthgen.generators.engine.messages import ChatResult, Message
+from synthgen.engine.messages import ChatResult, Message
 
 
 def _never() -> bool:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from synthgen.generators.engine.errors import EngineUnavailable
-from synthgen.generators.engine.local_batch import LocalRequest, MicroBatcher
-from synthgen.generators.engine.messages import ChatResult, Message
+from synthgen.engine.errors import EngineUnavailable
+from synthgen.engine.local_batch import LocalRequest, MicroBatcher
+from synthgen.engine.messages import ChatResult, Message
 from synthgen.spec import RoleConfig
 
 _SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "stop", "seed")

@@ -15,9 +15,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from synthgen.generators.engine.errors import EngineUnavailable, RequestError
-from synthgen.generators.engine.local_batch import LocalRequest, MicroBatcher
-from synthgen.generators.engine.messages import ChatResult, Message
+from synthgen.engine.errors import EngineUnavailable, RequestError
+from synthgen.engine.local_batch import LocalRequest, MicroBatcher
+from synthgen.engine.messages import ChatResult, Message
 from synthgen.spec import RoleConfig
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class TransformersVLMClient:
             proc = AutoProcessor.from_pretrained(self.path)
             dtype = getattr(torch, self.dtype) if self.dtype else None
             model = AutoModelForImageTextToText.from_pretrained(self.path, dtype=dtype)
-            from synthgen.generators.engine.transformers_engine import ready_for_generation
+            from synthgen.engine.transformers_engine import ready_for_generation
 
             ready_for_generation(model, proc.tokenizer, self.device)
             self._proc, self._model = proc, model
@@ -89,7 +89,7 @@ class TransformersVLMClient:
         return await self._batcher.submit(messages, sampling)
 
     def _generate_batch(self, batch: list[LocalRequest]) -> list[ChatResult]:
-        from synthgen.generators.engine.transformers_engine import generate_batch
+        from synthgen.engine.transformers_engine import generate_batch
 
         self.load()
         proc, model = self._proc, self._model

@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from synthgen.generators.engine.errors import RequestError, http_error
-from synthgen.generators.engine.messages import ChatResult, Message
+from synthgen.engine.errors import RequestError, http_error
+from synthgen.engine.messages import ChatResult, Message
 
 
 class OpenAIHTTPClient:

@@ -15,9 +15,9 @@ from typing import Any, Protocol
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
-from synthgen.generators.engine.admission import AdaptiveLimit
-from synthgen.generators.engine.errors import RequestError
-from synthgen.generators.engine.messages import ChatResult, Message
+from synthgen.engine.admission import AdaptiveLimit
+from synthgen.engine.errors import RequestError
+from synthgen.engine.messages import ChatResult, Message
 from synthgen.spec import DEFAULT_ROLE, JobSpec, RoleConfig
 
 DEFAULTS = RoleConfig(engine="openai", concurrency=256, timeout=120.0, max_attempts=6, temperature=0.7,
@@ -174,18 +174,18 @@ def _client_key(cfg: RoleConfig) -> tuple[Any, ...]:
 
 def make_client(cfg: RoleConfig) -> ChatClient:
     if cfg.engine == "openai":
-        from synthgen.generators.engine.openai_http import OpenAIHTTPClient
+        from synthgen.engine.openai_http import OpenAIHTTPClient
 
         assert cfg.base_url and cfg.model
         return OpenAIHTTPClient(cfg.base_url, cfg.model,
                                 api_key=cfg.api_key.get_secret_value() if cfg.api_key else None,
                                 extra_body=cfg.options.get("extra_body"))
     if cfg.engine == "transformers":
-        from synthgen.generators.engine.transformers_engine import TransformersClient
+        from synthgen.engine.transformers_engine import TransformersClient
 
         return TransformersClient.from_config(cfg)
     if cfg.engine == "vllm":
-        from synthgen.generators.engine.vllm_engine import VLLMClient
+        from synthgen.engine.vllm_engine import VLLMClient
 
         return VLLMClient.from_config(cfg)
     raise ValueError(f"unknown engine {cfg.engine!r}")

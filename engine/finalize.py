@@ -14,7 +14,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from synthgen.generators.engine.checkpoint import ShardStore, atomic_write
+from synthgen.engine.checkpoint import ShardStore, atomic_write
 
 MANIFEST = "manifest.json"
 

@@ -20,7 +20,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from synthgen.generators.engine.keys import record_of
+from synthgen.engine.keys import record_of
 
 STATE_DIR = ".synthgen"
 MARKER = "progress.json"
