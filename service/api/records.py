@@ -1,10 +1,5 @@
-"""Preview a job's rows straight from its committed checkpoint shards.
-
-Only shards the progress marker names are read, so a preview never shows a row a crash
-would later discard; the finished dataset is built from the same shards, so a preview
-of a finished job shows the dataset's rows in order. Images (`{"bytes", "path"}` structs)
-are replaced by a reference the caller turns into a URL.
-"""
+"""Preview a job's rows through the engine's run API, images (`{"bytes", "path"}` structs)
+replaced by a reference the caller turns into a URL."""
 
 from __future__ import annotations
 
@@ -12,49 +7,15 @@ import io
 from pathlib import Path
 from typing import Any
 
-import orjson
-import pyarrow.parquet as pq
-
-from synthgen.engine.checkpoint import MARKER, STATE_DIR
-
-
-def _shards(out: Path) -> list[dict[str, Any]]:
-    marker = out / STATE_DIR / MARKER
-    if not marker.exists():
-        return []
-    try:
-        return list(orjson.loads(marker.read_bytes()).get("shards", []))
-    except (orjson.JSONDecodeError, OSError):
-        return []
+from synthgen.engine.runs import Run
 
 
 def count_rows(out: Path) -> int:
-    return sum(int(s["rows"]) for s in _shards(out))
+    return Run(out).count_rows()
 
 
 def read_rows(out: Path, offset: int, limit: int) -> list[dict[str, Any]]:
-    """Rows [offset, offset+limit) across the committed shards, in commit order."""
-    rows: list[dict[str, Any]] = []
-    start = 0
-    for shard in _shards(out):
-        n = int(shard["rows"])
-        if start + n <= offset:
-            start += n
-            continue
-        skip = max(0, offset - start)
-        pf = pq.ParquetFile(out / STATE_DIR / shard["file"])
-        seen = 0
-        for batch in pf.iter_batches(batch_size=256):
-            if seen + batch.num_rows <= skip:
-                seen += batch.num_rows
-                continue
-            lo = max(0, skip - seen)
-            rows.extend(batch.slice(lo, limit - len(rows)).to_pylist())
-            seen += batch.num_rows
-            if len(rows) >= limit:
-                return rows
-        start += n
-    return rows
+    return Run(out).rows(offset, limit)
 
 
 def _is_image(value: Any) -> bool:
