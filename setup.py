@@ -14,7 +14,8 @@ from setuptools import setup
 ROOTS = {"synthgen": "synthgen", "engine": "synthgen.engine", "generators": "synthgen.generators",
          "service": "synthgen.service",
          "personas": "synthgen.personas", "prompts": "synthgen.prompts", "trainer": "synthgen.trainer",
-         "evaluator": "synthgen.evaluator"}
+         "evaluator": "synthgen.evaluator",
+         "publish": "synthgen.publish"}
 
 
 def _packages() -> list[str]:
