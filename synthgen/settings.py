@@ -28,10 +28,33 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(2.0, gt=0)
     heartbeat_timeout_s: float = Field(30.0, gt=0)
     worker_poll_s: float = Field(1.0, gt=0)
+    # Operator policy for REST jobs (docs/security.md; synthgen.policy applies it). The CLI is the
+    # local user and is not bound by it. From the environment, lists are comma-separated.
+    # Folders beyond the data root that REST jobs may read (the data root is always readable).
+    input_roots: Annotated[list[Path], NoDecode] = []
+    # Where a REST job's base_url may point: `loopback`, a host, host:port, an origin
+    # (https://host[:port]), `*.domain` or a CIDR range. Only these ever receive a role's API key.
+    allowed_endpoints: Annotated[list[str], NoDecode] = ["loopback"]
+    # Image URL downloads of REST jobs may reach private, loopback and link-local addresses.
+    allow_private_downloads: bool = False
+    # REST jobs and trainings may name Hub model ids (downloaded by the worker or trainer).
+    allow_model_downloads: bool = False
+    # Host header values accepted when no API keys are set (DNS rebinding guard); loopback
+    # names are always accepted.
+    allowed_hosts: Annotated[list[str], NoDecode] = []
+    # Seconds one input file read may take before its record fails.
+    read_timeout_s: float = Field(30.0, gt=0)
 
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [k.strip() for k in v.split(",") if k.strip()]
+        return v
+
+    @field_validator("input_roots", "allowed_endpoints", "allowed_hosts", mode="before")
+    @classmethod
+    def _split_list(cls, v: Any) -> Any:
         if isinstance(v, str):
             return [k.strip() for k in v.split(",") if k.strip()]
         return v
