@@ -14,6 +14,11 @@ _PREFIX = re.compile(
     re.I,
 )
 _LEAK = re.compile(r"(?:答え|解答|正解)\s*(?:は|:|：)|(?:answer)\s*(?:is|:)", re.I)
+_CLAUSE_END = re.compile(r"[。．！!？?\n]")
+# What follows 「答えは」 in a question that asks rather than tells: an interrogative, a question
+# mark or an instruction (「答えは何になりますか」「答えは整数で求めなさい」).
+_ASKS = re.compile(r"何|なに|なん|いくつ|いくら|どれ|どの|どう|どこ|どちら|どんな|だれ|誰|いつ|[？?]|なさい|ください"
+                   r"|\b(?:what|which|how|who|when|where)\b", re.I)
 
 
 def japanese_ratio(text: str) -> float:
@@ -43,4 +48,12 @@ def strip_label(text: str) -> str:
 
 
 def leaks_answer(question: str) -> bool:
-    return bool(_LEAK.search(question))
+    """「答えは6です」 leaks; 「次の計算の答えは何になりますか。」 asks. A mention of the answer leaks
+    only when the rest of its clause states something rather than asking or instructing."""
+    for match in _LEAK.finditer(question):
+        rest = question[match.end():]
+        end = _CLAUSE_END.search(rest)
+        clause = rest[:end.end()] if end else rest
+        if clause.strip(" 　。．:：、\n") and not _ASKS.search(clause):
+            return True
+    return False
