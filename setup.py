@@ -15,7 +15,8 @@ ROOTS = {"synthgen": "synthgen", "engine": "synthgen.engine", "generators": "syn
          "service": "synthgen.service",
          "personas": "synthgen.personas", "prompts": "synthgen.prompts", "trainer": "synthgen.trainer",
          "evaluator": "synthgen.evaluator",
-         "publish": "synthgen.publish"}
+         "publish": "synthgen.publish",
+         "quality": "synthgen.quality"}
 
 
 def _packages() -> list[str]:
