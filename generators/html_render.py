@@ -15,7 +15,7 @@ import contextlib
 import re
 import unicodedata
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import datasets
 import orjson
@@ -26,6 +26,7 @@ from synthgen.engine.plugin import Generator, InputContext, RecordContext, Skip
 from synthgen.generators.render import RenderError, RenderOptions, open_renderer
 from synthgen.generators.render.checks import Limits, problems
 from synthgen.generators.render.sandbox import UnsafeHtml, sanitize
+from synthgen.policy import SERVER_SETTING, InputSource
 
 LAYOUTS = ("article", "table", "slide", "poster", "menu", "receipt", "signboard", "form", "chat",
            "multicolumn", "vertical")
@@ -63,7 +64,8 @@ class Params(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    source: str = Field(..., description="local .jsonl/.json/.parquet/.csv/.txt file or folder, or a Hub dataset id")
+    source: Annotated[str, InputSource()] = Field(
+        ..., description="local .jsonl/.json/.parquet/.csv/.txt file or folder, or a Hub dataset id")
     column: str = Field("text", description="column holding the text")
     split: str = "train"
     subset: str | None = Field(None, description="Hub dataset configuration name")
@@ -83,7 +85,8 @@ class Params(BaseModel):
     backend: Literal["pool", "html2image"] = "pool"
     pool_pages: int = Field(4, ge=1, le=64, description="browser pages drawing at once")
     render_timeout_s: float = Field(15.0, gt=0, le=300)
-    chromium: str = Field("/usr/bin/chromium", description="the Chromium executable (Debian's, not a download)")
+    chromium: Annotated[str, SERVER_SETTING] = Field(
+        "/usr/bin/chromium", description="the Chromium executable (Debian's, not a download); CLI only")
     qa_pairs: int = Field(3, ge=1, le=10, description="Q&A pairs asked of the writer")
     min_qa: int = Field(1, ge=0, le=10, description="records with fewer visible answers are dropped")
     min_visible_chars: int = Field(20, ge=1)

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from synthgen import policy
+
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # A sentence ends at 。！？!? (with any closing brackets) or at a line break.
@@ -23,6 +25,14 @@ def open_rows(source: str, *, split: str = "train", config: str | None = None) -
     import datasets
 
     path = Path(source).expanduser()
+    if policy.current() is not None:  # a REST job: local paths arrive absolute, checked at POST
+        if path.is_absolute():
+            policy.check_readable(path)
+            policy.require_regular(path)
+        elif not policy.HUB_DATASET.match(source):
+            raise policy.InputNotAllowed("text source must be a path under the data root or a Hub dataset id")
+        else:
+            path = Path("/nonexistent-hub-id")  # never look for a Hub id on the worker's disk
     if path.is_file():
         builder = LOCAL_BUILDERS.get(path.suffix.lower())
         if builder is None:

@@ -19,6 +19,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from synthgen import policy
+
 BUILTIN = "builtin"
 TEXT_COLUMNS = ("persona", "input persona", "input_persona", "text")
 ID_COLUMNS = ("id", "persona_id", "uuid")
@@ -61,6 +63,14 @@ def iter_personas(source: str | None = None, *, column: str | None = None) -> It
         return
     assert source is not None
     path = Path(source).expanduser()
+    if policy.current() is not None:  # a REST job: local paths arrive absolute, checked at POST
+        if path.is_absolute():
+            policy.check_readable(path)
+            policy.require_regular(path)
+        elif not _HUB_ID.match(source):
+            raise policy.InputNotAllowed("persona source must be a path under the data root or a Hub dataset id")
+        else:
+            path = Path("/nonexistent-hub-id")  # never look for a Hub id on the worker's disk
     if path.is_file():
         yield from _from_rows(_read_file(path), column, str(path))
         return

@@ -15,10 +15,11 @@ import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from synthgen import policy
 from synthgen.generators.images.download import Downloader, DownloadLimits
 from synthgen.generators.images.normalize import ImageRejected, Limits, NormalizedImage, normalize
 
@@ -31,7 +32,7 @@ class ImageInputParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    source: str = Field(..., min_length=1, description=(
+    source: Annotated[str, policy.InputSource(hub_prefix="hf:")] = Field(..., min_length=1, description=(
         "a local folder of images, a .parquet/.jsonl file, a folder written by datasets.save_to_disk "
         "(e.g. a caption-translate run), or 'hf:owner/name' (anything datasets.load_dataset accepts)"))
     split: str = Field("train", description="split of a Hub dataset")
@@ -61,6 +62,8 @@ class ImageInputParams(BaseModel):
         path = Path(v).expanduser()
         if not path.exists():
             raise ValueError(f"image source not found: {v} (for a Hub dataset write hf:owner/name)")
+        if not (path.is_file() or path.is_dir()):  # a FIFO or a device would block or never end
+            raise ValueError(f"image source {v} is not a regular file or folder")
         if path.is_file() and path.suffix.lower() not in (".parquet", ".jsonl", ".ndjson", ".json"):
             raise ValueError(f"unsupported source file {v}: use a folder, .parquet or .jsonl")
         return v
@@ -88,6 +91,11 @@ def iter_items(p: ImageInputParams, extra: dict[str, str] | None = None) -> Iter
     """References to the source's images in a fixed order; `extra` maps item keys to columns."""
     extra = extra or {}
     kind = source_kind(p.source)
+    if kind != "hub":  # a REST job's worker reads only inside the operator's roots
+        policy.check_readable(Path(p.source).expanduser())
+        policy.require_regular(Path(p.source).expanduser())
+    elif policy.current() is not None and not policy.HUB_DATASET.match(p.source[3:]):
+        raise policy.InputNotAllowed("hf: must be followed by a Hub dataset id (owner/name)")
     if kind == "folder":
         if extra:
             raise ValueError(f"a folder source has no columns to read {sorted(extra.values())} from")
@@ -116,7 +124,14 @@ def _folder(root: Path, extensions: list[str]) -> Iterator[dict[str, Any]]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if not name.startswith(".") and name.lower().endswith(wanted):
-                yield {"file": os.path.relpath(os.path.join(folder, name), root)}
+                rel = os.path.relpath(os.path.join(folder, name), root)
+                try:
+                    rel.encode("utf-8")
+                except UnicodeEncodeError:  # bytes that are not UTF-8: this record fails, not the run
+                    shown = os.fsencode(rel).decode("utf-8", "backslashreplace")
+                    yield {"file": shown, "bad_name": True}
+                    continue
+                yield {"file": rel}
 
 
 def _parquet_rows(path: Path, columns: list[str]) -> Iterator[dict[str, Any]]:
@@ -239,22 +254,43 @@ async def load_image(item: dict[str, Any], p: ImageInputParams, downloader: Down
             raise ImageRejected("download_unavailable", "this generator was run without a downloader")
         data = await downloader.fetch(item["url"])
         return await asyncio.to_thread(normalize, data, limits)
+    if item.get("bad_name"):
+        raise ImageRejected("image_file_name_not_utf8", item["file"])
     if "file" in item or "path" in item:
         path = Path(p.source).expanduser() / item["file"] if "file" in item else Path(item["path"])
-        return await asyncio.to_thread(_read_and_normalize, path, limits)
+        active = policy.current()
+        timeout = active.read_timeout_s if active else READ_TIMEOUT_S
+        try:
+            data = await asyncio.wait_for(asyncio.to_thread(_read_file, path, limits), timeout)
+        except TimeoutError:
+            raise ImageRejected("image_read_timeout", f"{path.name}: no data within {timeout:g}s") from None
+        return await asyncio.to_thread(normalize, data, limits)
     raise ImageRejected("missing_image", f"row {item.get('row')} has no image")
 
 
-def _read_and_normalize(path: Path, limits: Limits) -> NormalizedImage:
+READ_TIMEOUT_S = 30.0
+
+
+def _read_file(path: Path, limits: Limits) -> bytes:
+    """A regular file's bytes, the size cap enforced while reading; FIFOs and devices refused
+    without blocking, paths outside the roots refused under a worker's policy."""
     try:
-        size = path.stat().st_size
-        if size > limits.max_bytes:
-            raise ImageRejected("image_too_large", f"{path}: {size} bytes > {limits.max_bytes}")
-        data = path.read_bytes()
+        return policy.open_regular(path, limits.max_bytes)
+    except policy.InputNotAllowed:
+        raise ImageRejected("image_path_not_allowed", path.name) from None
+    except policy.NotRegularFile:
+        raise ImageRejected("image_not_regular_file", path.name) from None
+    except policy.FileTooLarge as exc:
+        raise ImageRejected("image_too_large", f"{path.name}: {exc}") from None
     except FileNotFoundError:
-        raise ImageRejected("image_file_missing", str(path)) from None
+        raise ImageRejected("image_file_missing", path.name) from None
     except IsADirectoryError:
-        raise ImageRejected("image_file_missing", f"{path} is a folder") from None
+        raise ImageRejected("image_file_missing", f"{path.name} is a folder") from None
     except PermissionError:
-        raise ImageRejected("image_file_unreadable", str(path)) from None
-    return normalize(data, limits)
+        raise ImageRejected("image_file_unreadable", path.name) from None
+    except OSError as exc:
+        raise ImageRejected("image_file_unreadable", f"{path.name}: {exc.strerror or type(exc).__name__}") from None
+
+
+def _read_and_normalize(path: Path, limits: Limits) -> NormalizedImage:
+    return normalize(_read_file(path, limits), limits)
