@@ -14,8 +14,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from synthgen import __version__
 from synthgen.engine import plugin
+from synthgen.policy import Policy
 from synthgen.service.api import jobs, meta, trainings
 from synthgen.service.api.auth import require_api_key
+from synthgen.service.api.hosts import HostCheck
 from synthgen.service.store import JobStore
 from synthgen.settings import Settings, get_settings
 
@@ -121,6 +123,7 @@ def create_app(settings: Settings | None = None, store: JobStore | None = None) 
     app.state.root_prefix = str(app.state.root) + "/"
     app.state.api_keys = [k.get_secret_value().encode() for k in settings.api_keys]
     app.state.generators = plugin.available()
+    app.state.policy = Policy.from_settings(settings)  # what REST jobs may read, call, download, run
     registry, latency = meta.make_registry(store)
     app.state.registry = registry
     guarded = [Depends(require_api_key)]
@@ -135,6 +138,7 @@ def create_app(settings: Settings | None = None, store: JobStore | None = None) 
     _mount_dashboard(app)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(LimitsAndTiming, max_bytes=settings.max_request_bytes, latency=latency)
+    app.add_middleware(HostCheck, allowed=settings.allowed_hosts, enabled=not settings.api_keys)
     app.include_router(trainings.router, prefix="/v1", dependencies=guarded, responses=common)
     return app
 
