@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     allowed_hosts: Annotated[list[str], NoDecode] = []
     # Seconds one input file read may take before its record fails.
     read_timeout_s: float = Field(30.0, gt=0)
+    # The Ray executor (docs/scale-out.md): the cluster to join (`auto`, `ray://head:10001`,
+    # host:port; unset: RAY_ADDRESS, else a local Ray), how many record workers (0: one per
+    # CPU) and the CPUs each reserves. Operator settings, never part of a (REST) job.
+    ray_address: str | None = None
+    ray_workers: int = Field(0, ge=0)
+    ray_worker_cpus: float = Field(1.0, gt=0)
 
     @field_validator("api_keys", mode="before")
     @classmethod
