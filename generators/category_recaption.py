@@ -6,6 +6,15 @@ reasoning, counting, OCR, ...) and answered it "as if it saw the image". Categor
 dealt to images in inputs, balanced to their weights, so each record is one question and a
 dropped one is counted with its reason. Answers that cite the caption, or that a check
 finds contradict it, are dropped: a VLM trained on them would learn to quote text it never sees.
+
+The category bank is data (generators/data/categories.yaml): MM-Instruct's long-form task
+types (stories, poems, reviews, guides, itineraries, lessons, ...) beside short-answer ones.
+Creative and advice categories are requests (依頼文), not questions with one answer; each
+category says how its answer is laid out and how long it runs; short-answer questions carry
+a cue in the user turn (「単語や短い語句で答えてください。」) so a model trained on them learns
+to answer tersely only when asked to (LLaVA-1.5's fix). A persona from the persona set and a
+difficulty level pose each question, and a record may run 2-4 turns, each later question
+building on the answers before it.
 """
 
 from __future__ import annotations
@@ -14,17 +23,27 @@ import random
 import re
 from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, Literal
 
 import datasets
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from synthgen.engine.messages import ChatResult, assistant, user
 from synthgen.engine.plugin import Generator, InputContext, RecordContext, Skip, unique_names
+from synthgen.generators import data
+from synthgen.generators.banks import Difficulty, by_name, difficulties, draw
 from synthgen.generators.images.checks import is_refusal, mentions_caption
 from synthgen.generators.images.download import Downloader, open_downloader
 from synthgen.generators.images.sources import ImageInputParams, describe, iter_items, load_image
+from synthgen.generators.persona_traits import asker
 from synthgen.generators.textcheck import is_japanese, strip_label
+
+_KANA_OR_KANJI = re.compile(r"[\u3041-\u30ff\u4e00-\u9fff]")
+DEFAULT_SHORT_CUES = ("単語や短い語句で答えてください。", "一言で答えてください。", "短い語句で答えてください。")
+# A request reads 「〜してください」「〜をお願いします」「〜してもらえますか」 and the like.
+_REQUEST = re.compile(r"ください|下さい|お願い|ほしい|欲しい|もらえ|もらいたい|いただけ|頂け|いただき|くれ|てみて|しなさい")
+_NUMBER_FIRST = re.compile(r"^[「『(（]?\s*(?:[0-9０-９]|[一二三四五六七八九十百千]+(?:つ|個|人|匹|頭|羽|本|枚|台|冊|軒|件|回|杯|着|足|羽))")
+_QUOTED = re.compile(r"「([^「」]{1,80})」|\"([^\"]{1,80})\"|“([^”]{1,80})”")
 
 
 class Category(BaseModel):
@@ -33,6 +52,14 @@ class Category(BaseModel):
     instruction: str
     weight: float = Field(1.0, gt=0)
     requires: str | None = Field(None, description="regex the caption must match for this category to be dealt")
+    phrasing: Literal["question", "request"] = Field(
+        "question", description="question: one with an answer; request: a request (依頼文) to write or advise")
+    answer: Literal["short", "long"] = Field("long", description="short answers get a cue in the user turn")
+    format: str = Field("", description="how the answer is laid out (told to the answering model)")
+    length: str = Field("", description="how long the answer runs (told to the answering model)")
+    check: Literal["none", "number_first", "verbatim"] = Field(
+        "none", description="number_first: the count comes first; verbatim: text quoted as the caption has it")
+    cues: list[str] = Field(default_factory=list, description="short-answer cues; default 「単語や短い語句で…」")
 
     @field_validator("requires")
     @classmethod
@@ -45,25 +72,12 @@ class Category(BaseModel):
         return v
 
 
-# MM-Instruct's families of instructions, and the OCR/counting ones Japanese VLMs most lack.
-DEFAULT_CATEGORIES = [
-    Category(name="description", label="内容の説明", instruction="画像の全体や一部の様子を説明してもらう質問にすること。"),
-    Category(name="reasoning", label="推論",
-             instruction="写っているものから状況・原因・この後の展開などを推し量る質問にすること。"),
-    Category(name="creative_writing", label="創作",
-             instruction="画像を題材に短い物語・詩・キャッチコピーなどを書いてもらう依頼にすること。"),
-    Category(name="comparison", label="比較",
-             instruction="画像の中の二つ以上のものの違いや共通点を比べる質問にすること。"),
-    Category(name="advice", label="助言",
-             instruction="画像の場面にいる人や画像を見た人が役立てられる助言を求める質問にすること。"),
-    Category(name="information_extraction", label="情報の抽出",
-             instruction="画像から特定の情報(色、種類、場所、状態など)を取り出して答えてもらう質問にすること。"),
-    Category(name="counting", label="数を数える",
-             instruction="画像の中の物の数を数える質問にすること。答えが画像の内容から一つに決まるものにすること。"),
-    Category(name="ocr", label="文字の読み取り",
-             instruction="画像の中に書かれた文字を読み取る質問にすること。",
-             requires=r"文字|書かれ|「|ロゴ|看板|ラベル|表示|テキスト|\""),
-]
+def bundled_categories() -> list[Category]:
+    """The bank in data/categories.yaml (MM-Instruct's task types and the short-answer kinds)."""
+    return [Category.model_validate(row) for row in data.load("categories.yaml")]
+
+
+DEFAULT_CATEGORIES = bundled_categories()
 VERDICT_OK, VERDICT_BAD = "一致", "矛盾"
 
 
@@ -72,8 +86,17 @@ class Params(ImageInputParams):
         "captions_ja.detailed",
         description="column with the detailed Japanese caption ('a.b' reads key b of struct column a); "
                     "the default reads a caption-translate output folder")
-    categories: list[Category] = Field(default_factory=lambda: list(DEFAULT_CATEGORIES), min_length=1)
-    questions_per_image: int = Field(2, ge=1, le=16, description="distinct categories dealt to each image")
+    categories: list[Category] = Field(default_factory=lambda: list(DEFAULT_CATEGORIES), min_length=1,
+                                       description="the category bank (default: generators/data/categories.yaml)")
+    categories_file: str | None = Field(None, description="a YAML/JSON list of categories replacing `categories`")
+    questions_per_image: int = Field(2, ge=1, le=64, description="distinct categories dealt to each image")
+    personas: str | None = Field("builtin", description="who asks: 'builtin', a persona file or Hub id; null for nobody")
+    persona_limit: int | None = Field(None, ge=1)
+    difficulties: list[Difficulty] = Field(default_factory=lambda: difficulties("image"), min_length=1,
+                                           description="difficulty levels drawn per question")
+    min_turns: int = Field(1, ge=1, le=4, description="turns per record drawn between min_turns and max_turns")
+    max_turns: int = Field(1, ge=1, le=4, description="2-4: later questions build on the earlier answers")
+    max_short_answer_chars: int = Field(80, ge=5, description="short-answer categories: longer answers are dropped")
     check_consistency: bool = Field(True, description="ask the judge role whether each answer contradicts the caption")
     min_caption_chars: int = Field(20, ge=1)
     min_answer_chars: int = Field(10, ge=1)
@@ -85,12 +108,32 @@ class Params(ImageInputParams):
     def _unique(cls, v: list[Category]) -> list[Category]:
         return unique_names(v, "category")
 
+    @field_validator("difficulties")
+    @classmethod
+    def _unique_levels(cls, v: list[Difficulty]) -> list[Difficulty]:
+        return unique_names(v, "difficulty")
+
+    @model_validator(mode="after")
+    def _file_and_turns(self) -> Params:
+        if self.categories_file is not None:
+            rows = data.load_file(self.categories_file)
+            if not isinstance(rows, list) or not rows:
+                raise ValueError(f"categories_file {self.categories_file}: expected a non-empty list of categories")
+            self.categories = unique_names([Category.model_validate(r) for r in rows], "category")
+            self.categories_file = None  # the bank is now in the params (and so in the manifest)
+        if self.min_turns > self.max_turns:
+            raise ValueError("min_turns must be <= max_turns")
+        return self
+
 
 def features(_params: Params) -> datasets.Features:
     return datasets.Features({
         "image": datasets.Image(),
         "image_sha256": datasets.Value("string"),
         "category": datasets.Value("string"),
+        "difficulty": datasets.Value("string"),
+        "persona": datasets.Value("string"),
+        "persona_id": datasets.Value("string"),
         "messages": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
         "caption": datasets.Value("string"),
         "source": datasets.Value("string"),
@@ -124,6 +167,8 @@ def inputs(ctx: InputContext[Params]) -> Iterator[dict[str, Any]]:
     """One item per (image, category): an image's reference and caption, dealt k categories."""
     p = ctx.params
     dealer = Dealer(p.categories, ctx.seed)
+    personas = _personas(p)
+    rng = random.Random(ctx.seed + 1)
     for item in iter_items(p, {"caption": p.caption_column}):
         caption = item.get("caption")
         caption = caption.strip() if isinstance(caption, str) else ""
@@ -133,7 +178,20 @@ def inputs(ctx: InputContext[Params]) -> Iterator[dict[str, Any]]:
             yield {**item, "category": None}
             continue
         for category in dealt:
-            yield {**item, "category": category.name}
+            who = asker(rng.choice(personas), rng) if personas else None
+            yield {**item, "category": category.name, "difficulty": draw(p.difficulties, rng).name,
+                   "persona_id": who.id if who else "", "persona": who.shown if who else ""}
+
+
+def _personas(p: Params) -> list[Any]:
+    if not p.personas:
+        return []
+    from synthgen.personas.loaders import load_personas
+
+    found = load_personas(p.personas, limit=p.persona_limit)
+    if not found:
+        raise ValueError("the persona source yielded no personas")
+    return found
 
 
 def resources(params: Params) -> AbstractAsyncContextManager[Downloader]:
@@ -147,28 +205,51 @@ async def generate(item: dict[str, Any], ctx: RecordContext[Params]) -> list[dic
         raise Skip("caption_missing" if not caption else "caption_too_short", caption[:200])
     if item["category"] is None:
         raise Skip("no_category_fits", caption[:200])
-    category = next(c for c in p.categories if c.name == item["category"])
+    category = by_name(p.categories, item["category"])
+    level = by_name(p.difficulties, item.get("difficulty") or p.difficulties[0].name)
     img = await load_image(item, p, ctx.resources)
-    writer = ctx.role("writer")
+    writer, judge = ctx.role("writer"), ctx.role("judge")
+    turns = ctx.rng.randint(p.min_turns, p.max_turns)
+    persona = item.get("persona", "")
 
-    ask = ctx.prompts.render("question", caption=caption, category=category)
-    question = _question(await writer.chat([user(ask)]), p)
-    answer = _answer(await writer.chat([user(ctx.prompts.render("answer", caption=caption, question=question))]), p)
-    judge = ctx.role("judge")
-    if p.check_consistency:
-        verdict = await judge.chat([user(ctx.prompts.render("verify", caption=caption, question=question,
-                                                            answer=answer))], temperature=0.0)
-        _consistent(verdict.text, answer)
+    history: list[tuple[str, str]] = []  # (question as asked, answer)
+    messages: list[dict[str, Any]] = []
+    for turn in range(1, turns + 1):
+        if turn == 1:
+            ask = ctx.prompts.render("question", caption=caption, category=category, persona=persona,
+                                     difficulty=level)
+            question = _question(await writer.chat([user(ask)]), p, category)
+            shown = f"{question}\n{_cue(category, ctx)}" if category.answer == "short" else question
+            answer_as: Category | None = category
+        else:
+            ask = ctx.prompts.render("followup", caption=caption, history=history, persona=persona)
+            question = _question(await writer.chat([user(ask)]), p, None)
+            if any(question == q for q, _ in history):
+                raise Skip("followup_repeats", question[:200])
+            shown, answer_as = question, None
+        reply = await writer.chat([user(ctx.prompts.render(
+            "answer", caption=caption, question=question, category=answer_as, history=history))])
+        answer = _answer(reply, p, answer_as, caption)
+        if p.check_consistency:
+            verdict = await judge.chat([user(ctx.prompts.render("verify", caption=caption, question=question,
+                                                                answer=answer))], temperature=0.0)
+            _consistent(verdict.text, answer)
+        history.append((question, answer))
+        messages += [user(f"<image>\n{shown}" if turn == 1 else shown), assistant(answer)]
 
     return [{
-        "image": img.cell(), "image_sha256": img.sha256, "category": category.name,
-        "messages": [user(f"<image>\n{question}"), assistant(answer)],
-        "caption": caption, "source": describe(item, p.source),
+        "image": img.cell(), "image_sha256": img.sha256, "category": category.name, "difficulty": level.name,
+        "persona": persona, "persona_id": item.get("persona_id", ""),
+        "messages": messages, "caption": caption, "source": describe(item, p.source),
         "models": {"writer": writer.model, "judge": judge.model if p.check_consistency else ""},
     }]
 
 
-def _question(result: ChatResult, p: Params) -> str:
+def _cue(category: Category, ctx: RecordContext[Params]) -> str:
+    return ctx.rng.choice(category.cues or DEFAULT_SHORT_CUES)
+
+
+def _question(result: ChatResult, p: Params, category: Category | None) -> str:
     text = strip_label(result.text)
     if not text:
         raise Skip("empty_question")
@@ -176,18 +257,33 @@ def _question(result: ChatResult, p: Params) -> str:
         raise Skip("category_not_applicable", text[:200])
     if result.finish_reason == "length" or len(text) > p.max_question_chars:
         raise Skip("question_too_long", text[:300])
+    if category is not None and category.phrasing == "request" and not _REQUEST.search(text):
+        raise Skip("not_a_request", text[:300])
     return _japanese_without_caption(text, "question", p)
 
 
-def _answer(result: ChatResult, p: Params) -> str:
+def _answer(result: ChatResult, p: Params, category: Category | None, caption: str) -> str:
     text = strip_label(result.text)
     if is_refusal(text):
         raise Skip("answer_refusal", text[:300])
-    if len(text) < p.min_answer_chars:
+    short = category is not None and category.answer == "short"
+    if not short and len(text) < p.min_answer_chars:
         raise Skip("answer_too_short", repr(text))
+    if not text:
+        raise Skip("answer_too_short", "''")
     if result.finish_reason == "length":
         raise Skip("truncated_answer", text[-200:])
-    return _japanese_without_caption(text, "answer", p)
+    if not short or _KANA_OR_KANJI.search(text):  # a bare number or Latin word is a fine short answer
+        text = _japanese_without_caption(text, "answer", p)
+    if short and len(text) > p.max_short_answer_chars:
+        raise Skip("short_answer_too_long", f"{len(text)} chars: {text[:200]}")
+    if category is not None and category.check == "number_first" and not _NUMBER_FIRST.search(text):
+        raise Skip("count_not_first", text[:200])
+    if category is not None and category.check == "verbatim":
+        quoted = [next(g for g in m.groups() if g) for m in _QUOTED.finditer(caption)]
+        if quoted and not any(q in text for q in quoted):
+            raise Skip("text_not_verbatim", f"caption quotes {quoted[:3]}; answer: {text[:200]}")
+    return text
 
 
 def _japanese_without_caption(text: str, what: str, p: Params) -> str:
@@ -209,8 +305,9 @@ def _consistent(verdict: str, answer: str) -> None:
 
 generator = Generator[Params](
     name="category-recaption",
-    version="1",
-    description="Questions of configurable categories about each image, answered from its detailed caption",
+    version="2",
+    description="Questions and requests of 37 data-file categories (short and long-form) about each image, "
+                "asked by a persona at a difficulty, 1-4 turns, answered from its detailed caption",
     params_model=Params,
     roles=("writer", "judge"),
     reads="images with a detailed caption: a caption-translate output folder, or a table/Hub dataset with a caption column",

@@ -1,0 +1,30 @@
+"""Data files of the generators (categories, caption styles, difficulty levels, chart themes).
+
+Kept as YAML beside the code so a user can read and extend a bank without touching Python:
+each generator loads its file as its params' default, and a job may pass its own list
+instead. Shipped as package data (pyproject's `"*" = ["*.yaml", ...]` glob).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@cache
+def _text(name: str) -> str:
+    return (files("synthgen.generators.data") / name).read_text(encoding="utf-8")
+
+
+def load(name: str) -> Any:
+    """A bundled data file parsed afresh (callers may mutate what they get)."""
+    return yaml.safe_load(_text(name))
+
+
+def load_file(path: str | Path) -> Any:
+    """A user's own YAML (or JSON, which YAML reads too) bank."""
+    return yaml.safe_load(Path(path).expanduser().read_text(encoding="utf-8"))

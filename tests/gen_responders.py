@@ -1,0 +1,82 @@
+"""Scripted replies for the generators' breadth tests (categories, styles, persona-qa, preference pairs).
+
+Each responder reads the prompt the generator sent and answers in the shape a good model
+would, echoing what the prompt asked for (the category's label and answer format, the caption
+style, the difficulty) so tests can check that the right instructions reached the model.
+It proves the plumbing and the checks, not the data's quality.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any
+
+from image_responders import CAPTIONS_JA, QUESTIONS, image_responder
+
+from synthgen.generators.category_recaption import DEFAULT_CATEGORIES
+from synthgen.loopback_server import Reply, last_user_text
+
+BY_LABEL = {c.label: c for c in DEFAULT_CATEGORIES}
+_ASK = re.compile(r"「([^」]+)」の(質問|依頼)を一つ作って")
+SHORT_ANSWERS = {"counting": "2つです。", "ocr": "「NO.7」と書かれています。", "information_extraction": "赤い丸です。",
+                 "color": "赤色です。", "position": "左側です。", "yes_no": "はい、写っています。",
+                 "title": "白地に並ぶ二つの図形"}
+
+
+def request_of(label: str) -> str:
+    return f"この画像を題材にして、{label}を書いてください。"
+
+
+def question_of(label: str) -> str:
+    cat = BY_LABEL[label]
+    if cat.name in QUESTIONS:
+        return QUESTIONS[cat.name]
+    return f"この画像の{label}について、どう考えられますか?"
+
+
+def long_answer(label: str) -> str:
+    return (f"画像では、白い背景の左に赤い丸、右に青い四角が見えます。{label}としては、二つの図形の対比が"
+            "はっきりしていて、すっきりとした印象を受けます。")
+
+
+class RecaptionWriter:
+    """Writer + judge for category-recaption; records every prompt it saw, by kind."""
+
+    def __init__(self) -> None:
+        self.base = image_responder()
+        self.prompts: dict[str, list[str]] = {"question": [], "answer": [], "followup": [], "verify": []}
+        self._lock = threading.Lock()
+
+    def _seen(self, kind: str, prompt: str) -> None:
+        with self._lock:
+            self.prompts[kind].append(prompt)
+
+    def __call__(self, body: dict[str, Any]) -> str | Reply:
+        prompt = last_user_text(body)
+        if "英文:" in prompt or "文章:" in prompt or any(
+                isinstance(m.get("content"), list) for m in body.get("messages", [])):
+            return self.base(body)
+        asked = _ASK.search(prompt)
+        if asked:
+            self._seen("question", prompt)
+            label, kind = asked.groups()
+            return request_of(label) if kind == "依頼" else question_of(label)
+        if "続けて尋ねる質問を一つだけ" in prompt:
+            self._seen("followup", prompt)
+            n = prompt.count("アシスタント: ")
+            return f"さきほどの{n}番目のお答えについて、左の赤い丸をもう少し詳しく教えてください。"
+        if "利用者の質問:" in prompt:
+            self._seen("answer", prompt)
+            question = prompt.split("利用者の質問:", 1)[1].strip().splitlines()[0]
+            for cat in DEFAULT_CATEGORIES:
+                if question in (request_of(cat.label), question_of(cat.label)):
+                    return SHORT_ANSWERS[cat.name] if cat.answer == "short" else long_answer(cat.label)
+            return "左の赤い丸は、つやのない平らな塗りで、青い四角よりひと回り小さく見えます。"
+        if "矛盾していないか" in prompt:
+            self._seen("verify", prompt)
+            return "一致"
+        return Reply(status=400, raw=b'{"error": "unexpected prompt"}')
+
+
+CAPTION_TEXT = CAPTIONS_JA["dense"]
