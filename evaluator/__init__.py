@@ -1,0 +1,1 @@
+"""Scores Japanese VLMs on the community's benchmarks (see docs/evaluation.md)."""

@@ -1,0 +1,154 @@
+"""One evaluation: load each task, ask the model under test, score, judge, write the report.
+
+Answers and judgements go through the engine's roles (`resolve_roles` / `build_roles` /
+`Role.chat`), so admission, retries with backoff and usage accounting are the engine's, and a
+local checkpoint is batched on its model thread exactly as in generation. Each sample is one
+coroutine — answer, then judge — so judging overlaps answering instead of waiting for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from synthgen import __version__
+from synthgen.engine.errors import RequestError
+from synthgen.engine.messages import image_part, user
+from synthgen.engine.roles import Role, build_roles, close_roles, resolve_roles
+from synthgen.evaluator import scoring
+from synthgen.evaluator.cache import JudgeCache
+from synthgen.evaluator.judge import Judge
+from synthgen.evaluator.metrics import rouge_l
+from synthgen.evaluator.spec import EvalSpec, TaskRef
+from synthgen.evaluator.tasks import Sample, Task, get_task
+
+log = logging.getLogger(__name__)
+Progress = Callable[[dict[str, Any]], None]
+CACHE_FILE = "judgements.sqlite"
+
+
+def question_messages(sample: Sample) -> list[dict[str, Any]]:
+    """Images first, then the question: the layout llm-jp-eval-mm's model wrappers send."""
+    parts = [image_part(img, fmt="PNG") for img in sample.images]
+    return [user([*parts, {"type": "text", "text": sample.question}])]
+
+
+def load_samples(task: Task, ref: TaskRef) -> list[Sample]:
+    out = []
+    for sample in task.load(ref.source):
+        out.append(sample)
+        if ref.limit and len(out) >= ref.limit:
+            break
+    return out
+
+
+class Evaluation:
+    def __init__(self, spec: EvalSpec, roles: dict[str, Role], cache: JudgeCache | None,
+                 progress: Progress | None = None) -> None:
+        self.spec = spec
+        self.model = roles["model"]
+        self.judge = (Judge(roles["judge"], cache, structured=spec.judge_structured, retries=spec.judge_retries,
+                            max_tokens=spec.judge_max_tokens) if "judge" in roles else None)
+        self.progress = progress
+        self.done = 0
+        self.total = 0
+        # bound the samples in flight (each holds an encoded image) to a few times what the
+        # model role admits at once; the role's own admission does the exact limiting
+        self._inflight = asyncio.Semaphore(max(4, 2 * int(self.model.config.concurrency or 8)))
+
+    def _tick(self, task: str) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress({"done": self.done, "total": self.total, "task": task})
+
+    async def _one(self, task: Task, sample: Sample) -> dict[str, Any]:
+        row: dict[str, Any] = {"id": sample.id, "question": sample.question, "reference": sample.reference,
+                               **{k: v for k, v in sample.meta.items() if isinstance(v, str | int | float)}}
+        async with self._inflight:
+            try:
+                result = await self.model.chat(question_messages(sample), **self.spec.generation.sampling())
+                row.update(answer=result.text, finish_reason=result.finish_reason,
+                           completion_tokens=result.completion_tokens)
+            except RequestError as exc:
+                row.update(answer="", error=exc.reason)
+            if task.exact is not None:
+                row["exact"] = task.exact(sample, row["answer"])
+            if self.judge is not None and task.judge and row["answer"]:
+                if task.judge == "heron":
+                    j = await self.judge.judge("heron", task.name, sample.id, row["answer"], question=sample.question,
+                                               reference=sample.reference, context=sample.meta.get("context", ""))
+                else:
+                    j = await self.judge.judge("answer", task.name, sample.id, row["answer"],
+                                               question=sample.question, reference=sample.reference)
+                row["judgement"] = j.as_dict()
+        self._tick(task.name)
+        return row
+
+    async def run_task(self, task: Task, ref: TaskRef, samples: list[Sample]) -> dict[str, Any]:
+        start = time.perf_counter()
+        rows = await asyncio.gather(*(self._one(task, s) for s in samples))
+        if task.rouge:
+            for row, score in zip(rows, rouge_l([r["reference"] for r in rows], [r["answer"] for r in rows]),
+                                  strict=True):
+                row["rouge_l"] = float(score)
+        metrics = scoring.task_metrics(rows, task.judge if self.judge is not None else None)
+        name, value = scoring.headline(metrics, task.headline)
+        return {"title": task.title, "source": ref.source or task.hub_id, "n": len(rows),
+                "answers_failed": sum(1 for r in rows if r.get("error")),
+                "judge_kind": task.judge if self.judge is not None else None,
+                "metrics": metrics, "headline": {"metric": name, "value": value},
+                "published_key": task.published_key, "seconds": time.perf_counter() - start, "samples": rows}
+
+
+async def evaluate(spec: EvalSpec, out_dir: str | Path | None = None, progress: Progress | None = None,
+                   roles: dict[str, Role] | None = None) -> dict[str, Any]:
+    """Run every task of `spec`; returns the report (and writes it under `out_dir` when given)."""
+    tasks = [(get_task(ref.name), ref) for ref in spec.tasks]
+    configured = {"model": spec.model, **({"judge": spec.judge} if spec.judge else {})}
+    resolved = resolve_roles(configured, tuple(configured))
+    own_roles = roles is None
+    roles = roles if roles is not None else build_roles(resolved)
+    cache_dir = Path(spec.cache_dir) if spec.cache_dir else (Path(out_dir).parent if out_dir else None)
+    cache = JudgeCache(cache_dir / CACHE_FILE) if cache_dir is not None and "judge" in roles else None
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    ev = Evaluation(spec, roles, cache, progress)
+    report: dict[str, Any] = {
+        "label": spec.display_name(), "created_at": started.isoformat(), "synthgen_version": __version__,
+        "model": {"name": str(roles["model"].model), "engine": resolved["model"].engine,
+                  "base_url": resolved["model"].base_url},
+        "judge": ({"name": str(roles["judge"].model), "engine": resolved["judge"].engine,
+                   "base_url": resolved["judge"].base_url, "structured": spec.judge_structured,
+                   "retries": spec.judge_retries} if "judge" in roles else None),
+        "generation": spec.generation.model_dump(), "spec": spec.public_dict(), "tasks": {},
+    }
+    try:
+        loaded = []
+        for task, ref in tasks:
+            samples = await asyncio.to_thread(load_samples, task, ref)
+            loaded.append((task, ref, samples))
+            ev.total += len(samples)
+        for task, ref, samples in loaded:
+            report["tasks"][task.name] = await ev.run_task(task, ref, samples)
+    finally:
+        if cache is not None:
+            cache.close()
+        if own_roles:
+            await close_roles(roles)
+    wall = time.perf_counter() - t0
+    report["seconds"] = wall
+    report["usage"] = {name: role.usage.as_dict() for name, role in roles.items()}
+    if ev.judge is not None:
+        report["judge_stats"] = vars(ev.judge.stats)
+        report["judge"]["prompt_hashes"] = dict(ev.judge.prompts.hashes)
+        report["judge"]["structured_fallback"] = ev.judge.stats.structured_fallback
+    if out_dir is not None:
+        from synthgen.evaluator.report import write_report
+
+        write_report(report, Path(out_dir))
+    return report
