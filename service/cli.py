@@ -251,6 +251,11 @@ def train_cmd(
     raise typer.Exit(train_main(config, list(sets or [])))
 
 
+from synthgen.service import cli_publish  # noqa: E402  (push, export)
+
+cli_publish.register(app)
+
+
 def main() -> None:
     app()
 
