@@ -238,6 +238,11 @@ def worker_cmd() -> None:
     run_worker()
 
 
+from synthgen.service.cli_eval import eval_app  # noqa: E402  (eval, eval compare / split / tasks)
+
+app.add_typer(eval_app, name="eval")
+
+
 @app.command("train")
 def train_cmd(
     config: Annotated[Path, typer.Option("--config", "-c", help="training config (YAML or TOML)")],
