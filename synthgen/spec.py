@@ -78,6 +78,29 @@ class PublishSpec(BaseModel):
     split: str = "train"
 
 
+class QualityStep(BaseModel):
+    """A post-step run on the finished dataset (synthgen.quality): `"dedup"` or
+    `{"step": "judge", "params": {"min_score": 4}, "role": {...}}`; params are checked here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step: Literal["dedup", "filter", "judge", "balance"]
+    params: dict[str, Any] = Field(default_factory=dict)
+    role: RoleConfig | None = Field(None, description="judge step: the judge model (over roles.judge/default)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, v: Any) -> Any:
+        return {"step": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _params_valid(self) -> QualityStep:
+        from synthgen.quality.config import check_job_params  # pydantic models only, no I/O
+
+        check_job_params(self.step, self.params)
+        return self
+
+
 class JobSpec(BaseModel):
     """One generation job: what the CLI's flags and `POST /v1/jobs` both become."""
 
@@ -98,6 +121,8 @@ class JobSpec(BaseModel):
     resume: bool = False
     retry_failed: bool = False
     publish: PublishSpec | None = None
+    quality: list[QualityStep] = Field(default_factory=list, max_length=8,
+                                       description="quality steps run on the finished dataset (synthgen.quality)")
 
     @model_validator(mode="after")
     def _inputs_cover_n(self) -> JobSpec:
