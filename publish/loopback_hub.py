@@ -93,7 +93,7 @@ class LoopbackHub:
         self.lfs_puts: Counter[str] = Counter()
         self.lfs_bytes = 0
         self.injected: list[str] = []
-        self.auth_headers_seen: list[str] = []
+        self.auth_headers_seen: list[tuple[str, str]] = []
         self.port = 0
         self._lock = threading.Lock()
         self._runner: web.AppRunner | None = None
@@ -139,7 +139,7 @@ class LoopbackHub:
         with self._lock:
             self.requests[key] += 1
             auth = request.headers.get("Authorization", "")
-            self.auth_headers_seen.append(auth)
+            self.auth_headers_seen.append((key, auth))
             for fault in self.faults:
                 if re.search(fault.pattern, key) and fault.fires():
                     self.injected.append(key)
