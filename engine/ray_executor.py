@@ -1,0 +1,460 @@
+"""The Ray executor: a generator's records run in async actors on a Ray cluster.
+
+Shape, and why:
+- The *driver* (this process) keeps what must be exact in one place: the input stream, the
+  record keys, admission (a record starts only while written + in_flight x (1 - drop rate) < n,
+  so a run stops at n without generating records it will throw away) and the commits. Rows
+  come back to it and go through the engine's own `ShardStore`, so a Ray run's folder is the
+  same shards, keys and manifest as a local run's: resume, publish, evaluation and the
+  dashboard see no difference, and a run started on Ray can be resumed locally or back.
+- *Workers* are async actors (`RecordWorker`), each holding its own role clients and entering
+  the generator's `resources` (e.g. html-render's browser pool) once. Inputs are handed out
+  in small batches to the worker with the fewest records in flight (dynamic sharding: a slow
+  worker simply gets less); each batch is a streaming actor call that yields every record's
+  outcome as soon as it is done, so many records are in flight per actor and admission sees
+  completions one by one. Ray Data's `map_batches` was not used: persona-qa's input stream is
+  endless and the run must stop at exactly n, which a pipeline that runs ahead cannot do.
+- *Fault tolerance*: actors restart (`max_restarts=-1`); the driver, not Ray, retries a lost
+  batch's unfinished records (Ray task retries stay off, so no record is yielded twice), and a
+  record that has taken its worker down `MAX_LOSSES` times fails as `worker_lost`. Nothing is
+  committed by a worker, so a killed driver resumes from its shards exactly as a local run does.
+
+Usage (tokens, requests, retries per role) rides along with each outcome as the worker's delta
+since its previous report; a worker lost mid-batch loses only its unreported delta.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import os
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import ObjectLostError, RayActorError, WorkerCrashedError
+
+from synthgen.engine import plugin
+from synthgen.engine.checkpoint import ShardStore
+from synthgen.engine.errors import RequestError
+from synthgen.engine.finalize import publish, save_dataset, write_manifest
+from synthgen.engine.keys import record_key, row_key, seed_of
+from synthgen.engine.prompts import Prompts
+from synthgen.engine.roles import Usage, build_roles, close_roles, resolve_roles
+from synthgen.engine.runner import (
+    UNREACHABLE_AFTER,
+    RunResult,
+    RunStats,
+    _features,
+    _identity,
+    _manifest,
+    _summary,
+    provenance,
+)
+from synthgen.settings import Settings, get_settings
+from synthgen.spec import JobSpec, RoleConfig
+
+log = logging.getLogger(__name__)
+MAX_LOSSES = 3  # times a record may be lost with its worker before it fails as worker_lost
+MAX_BATCH = 32  # records per actor call: fewer calls under load, still streamed back one by one
+LOST = (RayActorError, WorkerCrashedError, ObjectLostError)
+_COUNTERS = ("requests", "failed", "retries", "prompt_tokens", "completion_tokens", "latency_s")
+
+
+async def run_record(gen: plugin.Generator, item: dict[str, Any], ctx: plugin.RecordContext
+                     ) -> tuple[list[dict[str, Any]] | None, str, str]:
+    """One record -> (rows, "", "") or (None, reason, detail), with the runner's reason slugs.
+
+    Mirrors `runner._drive.one`; when the engine exports its own record runner this becomes it.
+    """
+    try:
+        rows = await gen.generate(item, ctx)
+        if not rows:
+            raise plugin.Skip("no_rows", "the generator returned no rows")
+    except plugin.Skip as exc:
+        return None, exc.reason, exc.detail
+    except RequestError as exc:
+        return None, f"request_{exc.reason}", str(exc)
+    except Exception as exc:  # a plugin bug fails its record, never the run
+        log.debug("record %s raised", ctx.key, exc_info=True)
+        return None, f"error_{type(exc).__name__}", str(exc)
+    return rows, "", ""
+
+
+class RecordWorker:
+    """Runs records inside a Ray actor: its own role clients and generator resources."""
+
+    def __init__(self, gen: plugin.Generator, raw_params: dict[str, Any], resolved: dict[str, RoleConfig]) -> None:
+        self.gen = gen
+        self.params = gen.parse_params(raw_params)
+        self.prompts = Prompts(gen.prompt_dir)
+        self.roles = build_roles(resolved)
+        self._reported = {name: Usage() for name in self.roles}
+        self._resources_cm: Any = None
+        self._resources: Any = None
+        self._entered = False
+        self._enter_lock = asyncio.Lock()
+
+    def describe(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "models": {name: role.model for name, role in self.roles.items()}}
+
+    async def _enter(self) -> None:
+        async with self._enter_lock:
+            if not self._entered:
+                if self.gen.resources:
+                    self._resources_cm = self.gen.resources(self.params)
+                    self._resources = await self._resources_cm.__aenter__()
+                self._entered = True
+
+    async def _one(self, key: str, item: dict[str, Any]) -> tuple[str, list[dict[str, Any]] | None, str, str]:
+        ctx = plugin.RecordContext(key=key, seed=seed_of(key), params=self.params, roles=self.roles,
+                                   prompts=self.prompts, resources=self._resources)
+        rows, reason, detail = await run_record(self.gen, item, ctx)
+        return key, rows, reason, detail
+
+    async def run(self, batch: list[tuple[str, dict[str, Any]]]) -> AsyncIterator[tuple[Any, ...]]:
+        """Yield (key, rows, reason, detail, usage delta) for each record as it finishes."""
+        await self._enter()
+        tasks = [asyncio.ensure_future(self._one(key, item)) for key, item in batch]
+        try:
+            for fut in asyncio.as_completed(tasks):
+                key, rows, reason, detail = await fut
+                yield key, rows, reason, detail[:2000], self._usage_delta()
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    def _usage_delta(self) -> dict[str, dict[str, Any]]:
+        delta: dict[str, dict[str, Any]] = {}
+        for name, role in self.roles.items():
+            now, before = role.usage, self._reported[name]
+            d: dict[str, Any] = {f: getattr(now, f) - getattr(before, f) for f in _COUNTERS}
+            d["failures_by_reason"] = {r: c - before.failures_by_reason.get(r, 0)
+                                       for r, c in now.failures_by_reason.items()
+                                       if c != before.failures_by_reason.get(r, 0)}
+            if any(d.values()):
+                delta[name] = d
+                self._reported[name] = Usage(**{f: getattr(now, f) for f in _COUNTERS},
+                                             failures_by_reason=dict(now.failures_by_reason))
+        return delta
+
+    async def close(self) -> None:
+        try:
+            if self._resources_cm is not None:
+                await self._resources_cm.__aexit__(None, None, None)
+        finally:
+            await close_roles(self.roles)
+
+
+@dataclass
+class RemoteRole:
+    """The driver's view of a role served in the workers: its model and the summed usage.
+
+    Quacks like `roles.Role` for `RunStats` (model, usage), so snapshots and the manifest read
+    the same fields whichever executor ran.
+    """
+
+    model: str
+    usage: Usage = field(default_factory=Usage)
+
+    def add(self, delta: dict[str, Any]) -> None:
+        u = self.usage
+        for f in _COUNTERS:
+            setattr(u, f, getattr(u, f) + delta.get(f, 0))
+        for reason, count in delta.get("failures_by_reason", {}).items():
+            u.failures_by_reason[reason] = u.failures_by_reason.get(reason, 0) + count
+
+
+@dataclass(eq=False)
+class _Worker:
+    actor: Any
+    pid: int = 0
+    load: int = 0  # records in flight on it
+    lost_calls: int = 0  # consecutive calls lost with it; reset by any outcome
+    dead: bool = False
+
+
+@dataclass(eq=False)
+class _Job:
+    index: int
+    key: str
+    item: dict[str, Any]
+    losses: int = 0
+
+
+def connect(address: str | None) -> bool:
+    """Join the cluster at `address` ('auto', 'ray://host:10001', host:port) or start a local
+    Ray; True when this call started or joined it (so the run shuts its connection down)."""
+    if ray.is_initialized():
+        return False
+    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
+             log_to_driver=False)
+    return True
+
+
+def _share(cfg: RoleConfig, workers: int) -> RoleConfig:
+    """A role's concurrency is what its server takes; split it over the workers."""
+    if cfg.concurrency:
+        return cfg.model_copy(update={"concurrency": max(1, math.ceil(cfg.concurrency / workers))})
+    return cfg
+
+
+async def start_workers(gen: plugin.Generator, spec: JobSpec, resolved: dict[str, RoleConfig], *,
+                        count: int | None, cpus: float, concurrency: int) -> list[_Worker]:
+    if not count:
+        count = max(1, int(ray.cluster_resources().get("CPU", 1) // max(cpus, 0.01)))
+    share = {name: _share(cfg, count) for name, cfg in resolved.items()}
+    actor_cls = ray.remote(RecordWorker).options(
+        num_cpus=cpus, max_restarts=-1, max_task_retries=0,
+        max_concurrency=max(64, concurrency // count + MAX_BATCH + 8))
+    workers = [_Worker(actor_cls.remote(gen, dict(spec.params), share)) for _ in range(count)]
+    infos = await asyncio.gather(*(w.actor.describe.remote() for w in workers))
+    for w, info in zip(workers, infos, strict=True):
+        w.pid = info["pid"]
+    return workers
+
+
+async def stop_workers(workers: list[_Worker]) -> None:
+    closing = [w.actor.close.remote() for w in workers if not w.dead]
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), timeout=30)
+    for w in workers:
+        with contextlib.suppress(Exception):
+            ray.kill(w.actor, no_restart=True)
+
+
+async def run_job_ray(spec: JobSpec, *, settings: Settings | None = None, stats: RunStats | None = None,
+                      stop: asyncio.Event | None = None, on_flush: Callable[[RunStats], None] | None = None,
+                      generator: plugin.Generator | None = None, address: str | None = None,
+                      workers: int | None = None, worker_cpus: float | None = None,
+                      on_workers: Callable[[list[int]], None] | None = None) -> RunResult:
+    """`runner.run_job` with the records run on Ray; same arguments, same folder, same result.
+
+    `address` (else SYNTHGEN_RAY_ADDRESS, else RAY_ADDRESS, else a local Ray) picks the
+    cluster; `workers` actors of `worker_cpus` CPUs each (default: one per CPU).
+    `on_workers` is told the worker process ids (tests kill one).
+    """
+    settings = settings or get_settings()
+    gen = generator or plugin.get(spec.generator)
+    params = gen.parse_params(spec.params)
+    resolved = resolve_roles(spec.roles, gen.roles)
+    prompts = Prompts(gen.prompt_dir)
+    out = spec.out_path(settings.data_root)
+    features = _features(gen, params)
+    made_by = provenance(gen, prompts, resolved, settings)
+    store = ShardStore.open(out, features, _identity(spec, gen, params), resume=spec.resume,
+                            provenance=made_by, on_change=spec.on_change)
+    done = store.done_keys(include_failed=not spec.retry_failed) if store.progress.shards or store.progress.failed else set()
+    stats = stats or RunStats(target=spec.n)
+    stats.target, stats.out = spec.n, out
+    stats.done_before = min(store.progress.records, spec.n)
+    stats.notes.extend(store.new_notes)
+    stop = stop or asyncio.Event()
+    concurrency = spec.concurrency or max(c.concurrency or 1 for c in resolved.values())
+    started_wall = time.time()
+    pool: list[_Worker] = []
+    dataset = None
+    joined = False
+    try:
+        joined = connect(address or settings.ray_address or os.environ.get("RAY_ADDRESS"))
+        stats.state = "starting"
+        pool = await start_workers(gen, spec, resolved, count=workers or settings.ray_workers or None,
+                                   cpus=worker_cpus or settings.ray_worker_cpus, concurrency=concurrency)
+        models = await pool[0].actor.describe.remote()
+        stats.roles = {name: RemoteRole(model) for name, model in models["models"].items()}  # type: ignore[misc]
+        if on_workers:
+            on_workers([w.pid for w in pool])
+        stats.state = "running"
+        await _drive(spec, gen, params, prompts, store, stats, done, concurrency, stop, pool, on_flush)
+        await store.flush(stats.usage())
+        if stats.error:
+            stats.state = "failed"
+        elif stats.records < spec.n and stop.is_set():
+            stats.state = "stopped"
+        else:
+            stats.state = "finishing"
+            dataset = await asyncio.to_thread(save_dataset, store)
+            stats.state = "succeeded" if stats.records >= spec.n else "incomplete"
+    except BaseException:
+        store.remove_if_empty()
+        raise
+    finally:
+        if pool:
+            await stop_workers(pool)
+        if joined:
+            ray.shutdown()
+    manifest = _manifest(spec, gen, params, resolved, prompts, store, stats, started_wall, features, made_by)
+    manifest["executor"] = {"name": "ray", "workers": len(pool)}
+    write_manifest(out, manifest)
+    if dataset is not None and spec.publish is not None:
+        token = spec.publish.token.get_secret_value() if spec.publish.token else None
+        manifest["published"] = await asyncio.to_thread(
+            publish, dataset, out, spec.publish.repo_id, private=spec.publish.private, token=token,
+            split=spec.publish.split)
+        write_manifest(out, manifest)
+    return RunResult(out=out, stats=stats, manifest=manifest, dataset=dataset)
+
+
+async def _drive(spec: JobSpec, gen: plugin.Generator, params: Any, prompts: Prompts, store: ShardStore,
+                 stats: RunStats, done: set[str], concurrency: int, stop: asyncio.Event, pool: list[_Worker],
+                 on_flush: Callable[[RunStats], None] | None) -> None:
+    need = spec.n - stats.done_before
+    if need <= 0:
+        return
+    results: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+    flying: dict[str, _Job] = {}
+    again: deque[_Job] = deque()
+    calls: set[asyncio.Task[None]] = set()
+    inputs = enumerate(itertools.islice(gen.inputs(plugin.InputContext(params=params, seed=spec.seed)),
+                                        spec.input_budget))
+    roles: dict[str, RemoteRole] = stats.roles  # type: ignore[assignment]
+    rerun = 0  # records sent again after their worker was lost
+
+    def admit() -> list[_Job]:
+        """Exact admission: start a record only while written + in flight x (1 - drop rate) < need."""
+        jobs: list[_Job] = []
+        while not stop.is_set() and len(flying) < concurrency:
+            if stats.ok + len(flying) * (1.0 - stats.drop_rate()) >= need:
+                break
+            if again:
+                job = again.popleft()
+            else:
+                nxt = next(inputs, None)
+                if nxt is None:
+                    break
+                index, item = nxt
+                stats.inputs_read = index + 1
+                key = record_key(gen.name, item, spec.seed)
+                if key in done or key in flying:
+                    continue
+                job = _Job(index, key, item)
+            flying[job.key] = job
+            jobs.append(job)
+        stats.in_flight = len(flying)
+        return jobs
+
+    def dispatch(jobs: list[_Job]) -> None:
+        live = [w for w in pool if not w.dead]
+        if not live:
+            raise RuntimeError("every Ray worker is lost; the run stops here and resumes from its shards")
+        size = max(1, min(MAX_BATCH, math.ceil(len(jobs) / len(live))))
+        for start in range(0, len(jobs), size):
+            chunk = jobs[start:start + size]
+            worker = min(live, key=lambda w: w.load)
+            worker.load += len(chunk)
+            task = asyncio.create_task(consume(worker, chunk))
+            calls.add(task)
+            task.add_done_callback(calls.discard)
+
+    async def consume(worker: _Worker, chunk: list[_Job]) -> None:
+        waiting = {job.key: job for job in chunk}
+        try:
+            stream = worker.actor.run.options(num_returns="streaming").remote([(j.key, j.item) for j in chunk])
+            async for ref in stream:
+                outcome = await ref
+                waiting.pop(outcome[0], None)
+                results.put_nowait(("done", worker, *outcome))
+        except LOST as exc:
+            results.put_nowait(("lost", worker, list(waiting.values()), f"{type(exc).__name__}: {exc}"))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the worker itself failed (not one record): fail what it held
+            results.put_nowait(("broken", worker, list(waiting.values()), f"{type(exc).__name__}: {exc}"))
+
+    def fail(job: _Job, reason: str, detail: str) -> None:
+        stats.failed += 1
+        stats.failures_by_reason[reason] = stats.failures_by_reason.get(reason, 0) + 1
+        store.add_failure({"key": job.key, "index": job.index, "reason": reason, "detail": detail[:2000],
+                           "input": _summary(job.item)})
+        # as the local runner: every record so far failed to connect, so the endpoint is down or wrong
+        if (stats.ok == 0 and stats.done_before == 0 and reason == "request_connection"
+                and stats.failures_by_reason[reason] == stats.failed >= UNREACHABLE_AFTER):
+            stats.error = f"endpoint unreachable: {stats.failed} records failed to connect ({detail[:200]})"
+
+    def handle(msg: tuple[Any, ...]) -> None:
+        nonlocal rerun
+        kind, worker = msg[0], msg[1]
+        if kind == "done":
+            _, _, key, rows, reason, detail, usage = msg
+            worker.load -= 1
+            worker.lost_calls = 0
+            for name, delta in usage.items():
+                roles[name].add(delta)
+            job = flying.pop(key, None)
+            if job is None:
+                return
+            if rows is None:
+                fail(job, reason, detail)
+            elif stats.ok < need:  # a record finished after the target was met is not part of this run
+                for i, row in enumerate(rows):
+                    row["key"] = row_key(key, i, len(rows))
+                store.add_rows(rows)
+                stats.ok += 1
+                stats.rows += len(rows)
+            return
+        _, _, jobs, detail = msg
+        worker.load -= len(jobs)
+        if kind == "lost":
+            worker.lost_calls += 1
+            if worker.lost_calls > 20:
+                worker.dead = True  # restarts keep failing: stop sending it work
+            log.warning("a Ray worker was lost (%s); %d records go to another", detail[:200], len(jobs))
+        for job in jobs:
+            flying.pop(job.key, None)
+            job.losses += 1
+            if kind == "broken":
+                fail(job, "error_worker", detail)
+            elif job.losses >= MAX_LOSSES:
+                fail(job, "worker_lost", detail)
+            else:
+                rerun += 1
+                again.append(job)
+
+    last_flush = time.monotonic()
+    try:
+        while True:
+            jobs = admit()
+            if jobs:
+                dispatch(jobs)
+            if not flying or stop.is_set() or stats.ok >= need or stats.error:
+                break
+            try:
+                msg: tuple[Any, ...] | None = await asyncio.wait_for(results.get(), timeout=spec.flush_seconds)
+            except TimeoutError:
+                msg = None
+            while msg is not None:
+                handle(msg)
+                msg = results.get_nowait() if not results.empty() else None
+            stats.in_flight = len(flying)
+            now = time.monotonic()
+            if store.buffered_rows >= spec.shard_rows or now - last_flush >= spec.flush_seconds:
+                last_flush = now
+                await store.flush(stats.usage())
+                if on_flush:
+                    on_flush(stats)
+    finally:
+        for task in list(calls):
+            task.cancel()
+        if calls:
+            await asyncio.gather(*calls, return_exceptions=True)
+        stats.in_flight = 0
+    if rerun:
+        stats.notes.append(f"ray: {rerun} records ran again after their worker was lost")
+    if stats.error or need <= stats.ok or stop.is_set():
+        return
+    if stats.inputs_read == 0:
+        stats.error = "source empty: the generator's inputs yielded nothing (check its source params)"
+    elif stats.inputs_read < spec.input_budget:
+        stats.notes.append(
+            f"source exhausted after {stats.inputs_read} inputs: {stats.ok} of {need} records written, "
+            f"{stats.failed} dropped (reasons in failures.jsonl)")
+    else:
+        stats.notes.append(
+            f"input budget spent ({spec.input_budget} inputs): {stats.ok} of {need} records written, "
+            f"{stats.failed} dropped; look at failures.jsonl, then resume with a larger --max-inputs")
