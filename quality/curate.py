@@ -131,7 +131,8 @@ class DedupStep:
             image = image_of(batch.rows[i], self.view.image) if self.params.images else None
             m = self.dedup.check(batch.keys[i], q + "\n" + a, image)
             if m is not None:
-                detail = {"cluster": m.kept_key, "kept": m.kept_key, "similarity": m.similarity}
+                detail = {"cluster": m.kept_key, "kept": m.kept_key, "similarity": m.similarity,
+                          "text": (q + " / " + a)[:120]}
                 if m.kept_in:
                     detail["kept_in"] = m.kept_in
                 cur.drop(batch, i, self.name, f"dedup_{m.kind}", detail)
