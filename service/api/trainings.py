@@ -18,7 +18,9 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from synthgen.service.api.jobs import clean_errors, invalid, store_of
+from synthgen.policy import CODE_KEYS, Policy, bad_text
+from synthgen.service.api.jobs import clean_errors, invalid, scrub_errors, store_of
+from synthgen.service.scrub import scrub_log, scrub_text
 from synthgen.service.store import trainings as store_trainings
 
 router = APIRouter(tags=["trainings"])
@@ -61,23 +63,58 @@ def _launch() -> Any:
 _LOCAL = re.compile(r"^(/|\./|\.\./|~)")
 
 
-def _confine(value: str, root: Path, loc: list[str | int], *, output: bool) -> str:
+def _confine(value: str, root: Path, loc: list[str | int], *, output: bool, policy: Policy | None = None,
+             model: bool = False) -> str:
     """An output path always lands under the root; an input path does if it is local
-    (absolute, ./, or existing under the root); anything else is left as a Hub id."""
+    (absolute, ./, or existing under the root, or under an operator's input root); anything
+    else is a Hub id, which for a model needs the operator's consent to download."""
     if "\x00" in value or ".." in PurePosixPath(value).parts:
         raise invalid(loc, "path must not contain '..'", "path_escape")
-    if value.startswith("~"):
+    if value.startswith("~") or "://" in value:
         raise invalid(loc, "path must be under the data root", "path_escape")
     candidate = Path(value) if value.startswith("/") else root / value
     if not output and not _LOCAL.match(value) and not candidate.exists():
+        if model and policy is not None and not policy.allow_model_downloads:
+            raise invalid(loc, "model downloads are off on this server (SYNTHGEN_ALLOW_MODEL_DOWNLOADS); "
+                          "name a model folder under the data root", "model_download_not_allowed")
         return value  # a Hub id such as org/name
     resolved = candidate.resolve()
-    if resolved == root or not resolved.is_relative_to(root):
-        raise invalid(loc, f"path must be inside the data root ({root})", "path_escape")
+    allowed = resolved != root and (resolved.is_relative_to(root) or (
+        not output and policy is not None and policy.inside(resolved)))
+    if not allowed:
+        raise invalid(loc, "path must be inside the data root", "path_escape")
     return str(resolved)
 
 
-def confine_config(config: dict[str, Any], root: Path, run_dir: Path) -> dict[str, Any]:
+ATTN_IMPLEMENTATIONS = {"eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"}
+
+
+def refuse_code_knobs(config: dict[str, Any]) -> None:
+    """Whatever makes the trainer load or run code (trust_remote_code, Hub kernels named as an
+    attention implementation) is a server setting: a REST config may not turn it on."""
+    def walk(value: Any, loc: list[str | int]) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k in CODE_KEYS and v not in (None, False):
+                    raise invalid([*loc, k], f"{k} loads code: it is a server setting, not a REST field",
+                                  "server_setting")
+                walk(v, [*loc, k])
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, [*loc, i])
+
+    walk(config, ["body"])
+    model = config.get("model")
+    attn = model.get("attn_implementation") if isinstance(model, dict) else None
+    if attn is not None and attn not in ATTN_IMPLEMENTATIONS:
+        raise invalid(["body", "model", "attn_implementation"], "attn_implementation must be one of "
+                      f"{', '.join(sorted(ATTN_IMPLEMENTATIONS))} (Hub kernels load code)", "server_setting")
+
+
+def confine_config(config: dict[str, Any], root: Path, run_dir: Path, policy: Policy | None = None) -> dict[str, Any]:
+    if bad_text(config):
+        raise invalid(["body"], "text must be valid Unicode (a lone surrogate such as \\ud800 is not)", "unicode")
+    refuse_code_knobs(config)
     cfg = {**config, "run_dir": str(run_dir)}
     if not isinstance(cfg.get("output_dir"), str):
         raise invalid(["body", "output_dir"], "output_dir is required (a folder under the data root)")
@@ -91,7 +128,8 @@ def confine_config(config: dict[str, Any], root: Path, run_dir: Path) -> dict[st
         cfg["model"] = model = dict(model)
         for key in ("vision", "lm", "init_from"):
             if isinstance(model.get(key), str):
-                model[key] = _confine(model[key], root, ["body", "model", key], output=False)
+                model[key] = _confine(model[key], root, ["body", "model", key], output=False, policy=policy,
+                                      model=True)
     data = cfg.get("data")
     if isinstance(data, dict) and isinstance(data.get("sources"), list):
         cfg["data"] = data = {**data, "sources": [dict(s) if isinstance(s, dict) else s for s in data["sources"]]}
@@ -100,7 +138,8 @@ def confine_config(config: dict[str, Any], root: Path, run_dir: Path) -> dict[st
                 continue
             for key in ("path", "image_root"):
                 if isinstance(src.get(key), str):
-                    src[key] = _confine(src[key], root, ["body", "data", "sources", i, key], output=False)
+                    src[key] = _confine(src[key], root, ["body", "data", "sources", i, key], output=False,
+                                        policy=policy)
     hub = cfg.get("push_to_hub")
     if isinstance(hub, dict) and isinstance(hub.get("token_env"), str) and not re.match(
             r"^(HF_|HUGGING_FACE_)[A-Z0-9_]*$", hub["token_env"]):
@@ -117,10 +156,12 @@ def _relative(path: str | None, root: Path) -> str | None:
 
 def _out(row: dict[str, Any], st: dict[str, Any] | None, root: Path) -> TrainingOut:
     st = st or {}
+    error = st.get("error") or row.get("error")
     return TrainingOut(
         id=row["id"], state=st.get("state", row["status"]), stage=st.get("stage"), step=st.get("step") or 0,
         total_steps=st.get("total_steps"), loss=st.get("loss"), output_dir=_relative(st.get("output_dir"), root),
-        log_tail=st.get("log_tail") or "", error=st.get("error") or row.get("error"),
+        log_tail=scrub_log(st.get("log_tail") or "", [root]),
+        error=scrub_text(error, (), [root]) if error else None,
         created_at=datetime.fromtimestamp(row["created_at"], UTC), config=row["config"])
 
 
@@ -143,18 +184,19 @@ def start_training(request: Request, config: Annotated[dict[str, Any], Body(open
     root: Path = request.app.state.root
     training_id = store_trainings.new_job_id()
     run_dir = root / "trainings" / training_id
-    cfg = confine_config(config, root, run_dir)
+    cfg = confine_config(config, root, run_dir, request.app.state.policy)
     try:
         launch.validate_config(cfg)
     except ValidationError as exc:
-        raise HTTPException(422, detail=clean_errors(exc.errors(), ["body"])) from None
+        raise HTTPException(422, detail=scrub_errors(clean_errors(exc.errors(), ["body"]), request)) from None
     store = store_of(request)
     row = store_trainings.create(store, config=config, run_dir=str(run_dir), training_id=training_id)
     try:
         pid = launch.start(cfg, run_dir)
     except Exception as exc:
-        store_trainings.set_state(store, training_id, status="failed", error=f"{type(exc).__name__}: {exc}")
-        raise HTTPException(500, f"could not start the trainer: {exc}") from None
+        error = scrub_text(f"{type(exc).__name__}: {exc}", (), [root])
+        store_trainings.set_state(store, training_id, status="failed", error=error)
+        raise HTTPException(500, f"could not start the trainer: {error}") from None
     store_trainings.set_state(store, training_id, status="running", pid=pid)
     row.update(status="running", pid=pid)
     return _refresh(request, row)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ def connect(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            Path(parsed.database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=20,
                                max_overflow=20)
 
@@ -43,6 +44,17 @@ def connect(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=20)
+
+
+def make_private(engine: Engine) -> None:
+    """A SQLite database (it holds API keys while jobs run) readable by the service's user only;
+    SQLite gives its -wal and -shm files the database file's mode."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return
+    for suffix in ("", "-wal", "-shm", ".migrate.lock"):
+        with contextlib.suppress(OSError):
+            os.chmod(f"{url.database}{suffix}", 0o600)
 
 
 def alembic_config(engine: Engine) -> Config:
