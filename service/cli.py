@@ -127,6 +127,8 @@ def run(
     except KeyboardInterrupt:
         raise fail("interrupted; run again with --resume to continue", 130) from None
     _summary(result)
+    if spec.quality and result.stats.state == "succeeded":
+        cli_quality.post_run(spec, result.out)
     if result.stats.state not in ("succeeded", "incomplete"):
         raise typer.Exit(3)
 
@@ -259,6 +261,10 @@ def train_cmd(
 from synthgen.service import cli_publish  # noqa: E402  (push, export)
 
 cli_publish.register(app)
+
+from synthgen.service import cli_quality  # noqa: E402  (curate, report)
+
+cli_quality.register(app)
 
 
 def main() -> None:
