@@ -36,6 +36,10 @@ class RoleConfig(Sampling):
 
     engine: EngineName | None = None
     base_url: str | None = None
+    # Several OpenAI-compatible servers for this role (one vLLM per GPU or node): each request goes
+    # to the one with the fewest in flight, and one that keeps failing is taken out and probed
+    # again later (synthgen.engine.pool). `base_url` defaults to the first.
+    base_urls: list[str] | None = Field(None, min_length=1, max_length=256)
     model: str | None = None
     api_key: SecretStr | None = None
     concurrency: int | None = Field(None, ge=1, le=100_000)
@@ -54,10 +58,35 @@ class RoleConfig(Sampling):
             raise ValueError("base_url must start with http:// or https://")
         return v.rstrip("/")
 
+    @field_validator("base_urls")
+    @classmethod
+    def _check_urls(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        urls = [cls._strip_slash(u) or "" for u in v]
+        if len(set(urls)) != len(urls):
+            raise ValueError("base_urls lists a server twice")
+        return urls
+
+    @model_validator(mode="after")
+    def _pool_holds_base_url(self) -> RoleConfig:
+        if self.base_urls:
+            if self.base_url is None:
+                self.base_url = self.base_urls[0]
+            elif self.base_url not in self.base_urls:
+                raise ValueError("base_url must be one of base_urls (or leave it out)")
+        return self
+
+    def endpoints(self) -> list[str]:
+        """The servers this role's requests go to: the pool, else the one base_url."""
+        return list(self.base_urls) if self.base_urls else [self.base_url] if self.base_url else []
+
     def merged_over(self, base: RoleConfig) -> RoleConfig:
         """This entry's explicitly set fields win over `base`."""
         data = base.model_dump(exclude_none=True)
         mine = self.model_dump(exclude_none=True, exclude_unset=True)
+        if "base_url" in mine and "base_urls" not in mine:  # an own server replaces an inherited pool
+            data.pop("base_urls", None)
         opts = {**data.get("options", {}), **mine.pop("options", {})}
         data.update(mine)
         data["options"] = opts
@@ -121,6 +150,9 @@ class JobSpec(BaseModel):
     resume: bool = False
     retry_failed: bool = False
     publish: PublishSpec | None = None
+    # Where the records run: in this process, or on a Ray cluster (synthgen.engine.ray_executor).
+    # Which cluster is the operator's setting (SYNTHGEN_RAY_ADDRESS), never a job's.
+    executor: Literal["local", "ray"] = "local"
     quality: list[QualityStep] = Field(default_factory=list, max_length=8,
                                        description="quality steps run on the finished dataset (synthgen.quality)")
 
