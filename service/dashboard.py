@@ -146,3 +146,8 @@ def _sample(index: int, row: dict[str, Any]) -> dict[str, Any]:
             shown = str(value)
         fields.append((key, shown[:300] + ("…" if len(shown) > 300 else "")))
     return {"index": index, "key": row.get("key", ""), "images": images, "turns": turns, "fields": fields}
+
+
+from synthgen.service import dashboard_eval  # noqa: E402  (the /evaluations page)
+
+router.include_router(dashboard_eval.router)
