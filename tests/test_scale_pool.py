@@ -190,3 +190,16 @@ def test_other_failures_reach_the_roles_retry_policy():
 
         asyncio.run(main())
     assert bad.requests == 1  # a 5xx is not resent by the pool itself
+
+
+def test_a_rest_job_pool_is_checked_server_by_server(tmp_path):
+    """Every server of a pool receives the role's API key, so the endpoint allowlist applies to each."""
+    from synthgen.policy import Policy, check_roles
+    from synthgen.spec import RoleConfig
+
+    policy = Policy(data_root=tmp_path, allowed_endpoints=("loopback",))
+    ok = RoleConfig(engine="openai", model="m", base_urls=["http://127.0.0.1:8001/v1", "http://127.0.0.1:8002/v1"])
+    assert check_roles({"writer": ok}, policy)[1] == []
+    bad = RoleConfig(engine="openai", model="m", base_urls=["http://127.0.0.1:8001/v1", "http://10.0.0.7:8000/v1"])
+    errors = check_roles({"writer": bad}, policy)[1]
+    assert len(errors) == 1 and "10.0.0.7" in str(errors[0])
