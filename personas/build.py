@@ -1,8 +1,12 @@
 """Build the bundled Japanese persona set from the occupation list, reproducibly.
 
-Each occupation in `data/occupations_ja.jsonl` (grouped after the major groups of Japan's
-standard occupational classification) is crossed with an age band, a prefecture and one or
-two interests, and phrased as a short Japanese persona sentence.
+Each occupation in `data/occupations_ja.jsonl` (hand-written, grouped after the major groups of
+Japan's standard occupational classification) and in `families.py` (real titles written as
+families: 皮膚科医, 高校の化学教諭, りんご農家, ...; over 1,000 distinct occupations together) is
+crossed with an age band, a prefecture and one or two interests, and phrased as a short
+Japanese persona sentence. Sources and licence: every list here was written for this project
+and ships under its licence (Apache-2.0); occupation names are common nouns and the grouping
+follows JSOC's published major groups. No persona dataset (Persona-Hub is CC-BY-NC-SA) is copied.
 
 Why it is built this way:
 
@@ -28,11 +32,13 @@ from pathlib import Path
 from typing import Any
 
 SEED = 20241001
-PER_OCCUPATION = 3
+PER_OCCUPATION = 2
 
 AGE_BANDS = ("20代", "30代", "40代", "50代", "60代")
 # Occupations or categories whose people are rarely in every age band.
 AGE_BY_CATEGORY = {"管理的職業従事者": ("30代", "40代", "50代", "60代")}
+# Titles ending so: people reach these posts after years of training.
+AGE_BY_SUFFIX = {"の大学教員": ("30代", "40代", "50代", "60代"), "の工場長": ("40代", "50代", "60代")}
 AGE_BY_OCCUPATION = {
     "ポスドク研究員": ("20代", "30代"),
     "小学校の校長": ("50代", "60代"),
@@ -89,9 +95,13 @@ def _data(name: str) -> Any:
 
 
 def load_occupations() -> list[dict[str, str]]:
-    """The occupation list, checked for the fields and uniqueness the build relies on."""
+    """The occupation list (hand-written, then the families), checked for the fields and
+    uniqueness the build relies on."""
+    from synthgen.personas.families import family_occupations
+
     rows = [json.loads(line) for line in _data("occupations_ja.jsonl").read_text(encoding="utf-8").splitlines()
             if line.strip()]
+    rows += family_occupations({row["occupation"] for row in rows})
     names = [row["occupation"] for row in rows]
     if len(set(names)) != len(names):
         raise ValueError("occupations_ja.jsonl lists an occupation twice")
@@ -109,8 +119,10 @@ def persona_id(text: str) -> str:
 def _personas_for(occ: dict[str, str]) -> list[dict[str, Any]]:
     name = occ["occupation"]
     rng = random.Random(f"{SEED}:{name}")
-    ages = AGE_BY_OCCUPATION.get(name) or AGE_BY_CATEGORY.get(occ["category"], AGE_BANDS)
-    regions = REGIONS_BY_OCCUPATION.get(name) or (COASTAL if name in SEA_OCCUPATIONS else PREFECTURES)
+    by_suffix = next((ages for suffix, ages in AGE_BY_SUFFIX.items() if name.endswith(suffix)), None)
+    ages = AGE_BY_OCCUPATION.get(name) or by_suffix or AGE_BY_CATEGORY.get(occ["category"], AGE_BANDS)
+    sea = name in SEA_OCCUPATIONS or bool(occ.get("sea"))
+    regions = REGIONS_BY_OCCUPATION.get(name) or (COASTAL if sea else PREFECTURES)
     description = occ["description"].rstrip("。")
     rows: list[dict[str, Any]] = []
     seen: set[tuple[str, str]] = set()
@@ -124,7 +136,7 @@ def _personas_for(occ: dict[str, str]) -> list[dict[str, Any]]:
         text = template.format(region=region, age=age, occupation=name, description=description,
                                interests="と".join(interests))
         rows.append({"id": persona_id(text), "persona": text, "occupation": name, "category": occ["category"],
-                     "age_band": age, "region": region, "interests": interests})
+                     "description": description, "age_band": age, "region": region, "interests": interests})
     return rows
 
 
