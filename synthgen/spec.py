@@ -96,15 +96,61 @@ class RoleConfig(Sampling):
         return {k: v for k, v in self.model_dump(include=set(Sampling.model_fields)).items() if v is not None}
 
 
-class PublishSpec(BaseModel):
-    """Push the finished dataset to the Hugging Face Hub."""
+class SourceSpec(BaseModel):
+    """A source the inputs came from, named on the dataset card with its licence (synthgen.publish)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    repo_id: str = Field(..., pattern=r"^[\w.-]+/[\w.-]+$")
+    name: str = Field(..., min_length=1, max_length=200, description="Hub dataset id or a description")
+    license: str | None = Field(None, max_length=64, pattern=r"^[a-z0-9][a-z0-9.+-]*$")
+    attribution: str | None = Field(None, max_length=500)
+    url: str | None = Field(None, max_length=2000, pattern=r"^https?://")
+
+
+class PublishSpec(BaseModel):
+    """Publish the finished dataset (synthgen.publish): to a Hub repo (`repo_id`, at HF_ENDPOINT)
+    or to a folder in the Hub layout (`local_dir`, under the data root for REST jobs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repo_id: str | None = Field(None, pattern=r"^[\w.-]+/[\w.-]+$")
+    local_dir: str | None = Field(None, min_length=1, max_length=500)
     private: bool = True
     token: SecretStr | None = None
-    split: str = "train"
+    split: str = Field("train", pattern=r"^\w{1,64}$")
+    config_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][\w.-]{0,95}$",
+                                    description="config in the repo (default: the generator's name)")
+    license: str | None = Field(None, max_length=64, pattern=r"^[a-z0-9][a-z0-9.+-]*$")
+    sources: list[SourceSpec] = Field(default_factory=list, max_length=32)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> PublishSpec:
+        if (self.repo_id is None) == (self.local_dir is None):
+            raise ValueError("publish needs exactly one of repo_id or local_dir")
+        return self
+
+
+WebhookEvent = Literal["job.succeeded", "job.incomplete", "job.failed", "job.cancelled", "publish.succeeded",
+                       "publish.failed", "train.started", "train.succeeded", "train.failed", "train.cancelled"]
+
+
+class WebhookSpec(BaseModel):
+    """POSTed JSON on job and chain events, signed with HMAC-SHA256 of `secret` (synthgen.service.chain)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(..., max_length=2000, pattern=r"^https?://[^\s@/]+(/\S*)?$")
+    secret: SecretStr | None = Field(None, description="HMAC key for the X-Synthgen-Signature header")
+    events: list[WebhookEvent] = Field(default_factory=list, description="events to send (empty: all)")
+
+
+class ThenSpec(BaseModel):
+    """What follows a job's success, after `publish`: a training run on the published data."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    train: dict[str, Any] | None = Field(
+        None, description="a `synthgen train` config as JSON; data.sources defaults to this job's data")
 
 
 class QualityStep(BaseModel):
@@ -155,6 +201,8 @@ class JobSpec(BaseModel):
     executor: Literal["local", "ray"] = "local"
     quality: list[QualityStep] = Field(default_factory=list, max_length=8,
                                        description="quality steps run on the finished dataset (synthgen.quality)")
+    then: ThenSpec | None = Field(None, description="steps after success: publish (above), then train")
+    webhooks: list[WebhookSpec] = Field(default_factory=list, max_length=8)
 
     @model_validator(mode="after")
     def _inputs_cover_n(self) -> JobSpec:
