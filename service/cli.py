@@ -233,11 +233,11 @@ def serve_cmd(
 @app.command("worker")
 def worker_cmd() -> None:
     """Claim queued jobs from the job store and run them until SIGTERM."""
-    from synthgen.service.worker import run_worker
+    from synthgen.service.worker import worker_main
 
     logging.basicConfig(level=get_settings().log_level, format="%(levelname)s %(name)s: %(message)s")
     _quiet_library_progress()
-    run_worker()
+    worker_main()  # private files (umask 077), operator policy active
 
 
 from synthgen.service.cli_eval import eval_app  # noqa: E402  (eval, eval compare / split / tasks)

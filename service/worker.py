@@ -23,8 +23,10 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from synthgen import policy
 from synthgen.engine.checkpoint import MARKER, STATE_DIR
 from synthgen.engine.runner import RunResult, RunStats, install_fast_loop, run_job
+from synthgen.service.scrub import scrub_run, scrub_text
 from synthgen.service.store import JobStore
 from synthgen.service.store.jobs import Claimed
 from synthgen.settings import Settings, get_settings
@@ -48,10 +50,30 @@ def secret_values(spec: JobSpec) -> list[str]:
     return [s for s in found if s]
 
 
-def redact(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "**********")
-    return text
+def redact(text: str, secrets: list[str], roots: list[str] | None = None) -> str:
+    """An error for the store: known secrets and token shapes masked, server roots cut, capped."""
+    return scrub_text(text, secrets, roots or [])
+
+
+def outside_policy(spec: JobSpec) -> str | None:
+    """Under a worker's policy, why a stored spec may no longer run (the operator narrowed the
+    policy after it was queued), or None."""
+    active = policy.current()
+    if active is None:
+        return None
+    try:
+        from synthgen.engine import plugin
+        from synthgen.engine.roles import resolve_roles
+
+        gen = plugin.get(spec.generator)
+        _, params_errors = policy.check_params(gen.params_model, spec.params, active, ["params"])
+        _, role_errors = policy.check_roles(resolve_roles(spec.roles, gen.roles), active)
+    except Exception as exc:
+        return f"cannot check the spec against this server's policy: {type(exc).__name__}"
+    errors = [*params_errors, *role_errors]
+    if not errors:
+        return None
+    return "outside this server's policy: " + "; ".join(".".join(map(str, e.loc)) + ": " + e.msg for e in errors)
 
 
 def secret_spec_json(spec: JobSpec) -> str:
@@ -78,6 +100,9 @@ def run_worker(settings: Settings | None = None, *, worker_id: str | None = None
     settings.data_root.mkdir(parents=True, exist_ok=True)
     store = JobStore.open(settings.resolved_database_url)
     install_fast_loop()
+    # This process runs REST jobs only: its readers and downloads follow the operator policy.
+    previous = policy.current()
+    policy.activate(policy.Policy.from_settings(settings))
     log.info("worker %s started (data root %s)", worker_id, settings.data_root)
     ran = 0
     try:
@@ -100,9 +125,36 @@ def run_worker(settings: Settings | None = None, *, worker_id: str | None = None
             except Exception:  # a bug here must not take the worker down; the lease expires
                 log.exception("job %s: worker error", job.id)
     finally:
+        policy.activate(previous)
         store.dispose()
     log.info("worker %s stopped", worker_id)
     return ran
+
+
+def worker_main(settings: Settings | None = None) -> int:
+    """The `synthgen worker` process: files it creates are private to the service's user
+    (umask 077: folders 0700, files 0600, the engine's included), and it works in an empty
+    private folder so a Hub id can never name a local folder next to where it was started."""
+    os.umask(0o077)
+    settings = absolute_paths(settings or get_settings())
+    home = settings.data_root / ".worker"
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chdir(home)
+    return run_worker(settings)
+
+
+def absolute_paths(settings: Settings) -> Settings:
+    """The data root and a SQLite database as absolute paths (a worker changes folder)."""
+    from sqlalchemy.engine import make_url
+
+    root = settings.data_root.resolve()
+    url = settings.database_url
+    if url:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") and \
+                not Path(parsed.database).is_absolute():
+            url = parsed.set(database=str(Path(parsed.database).resolve())).render_as_string(hide_password=False)
+    return settings.model_copy(update={"data_root": root, "database_url": url})
 
 
 async def run_claimed(store: JobStore, job: Claimed, settings: Settings, worker_id: str,
@@ -111,9 +163,15 @@ async def run_claimed(store: JobStore, job: Claimed, settings: Settings, worker_
     try:
         spec = JobSpec.model_validate_json(job.spec_json)
     except Exception as exc:
-        await asyncio.to_thread(store.finish, job.id, worker_id, "failed", error=f"stored spec is invalid: {exc}")
+        await asyncio.to_thread(store.finish, job.id, worker_id, "failed",
+                                error=redact(f"stored spec is invalid: {type(exc).__name__}", []))
         return "failed"
     secrets = secret_values(spec)
+    roots = [str(settings.data_root.resolve())]
+    refused = outside_policy(spec)
+    if refused:
+        await asyncio.to_thread(store.finish, job.id, worker_id, "failed", error=redact(refused, secrets, roots))
+        return "failed"
     out = Path(job.out_dir)
     resume = (out / STATE_DIR / MARKER).exists()
     spec = spec.model_copy(update={"out": str(out), "resume": resume})
@@ -157,13 +215,16 @@ async def run_claimed(store: JobStore, job: Claimed, settings: Settings, worker_
     except asyncio.CancelledError:
         result = None
     except Exception as exc:
-        error = redact(f"{type(exc).__name__}: {exc}", secrets)
+        error = redact(f"{type(exc).__name__}: {exc}", secrets, roots)
+        await asyncio.to_thread(scrub_run, out, secrets)
         log.error("job %s failed: %s", job.id, error)
         await asyncio.to_thread(store.finish, job.id, worker_id, "failed", progress=snapshot, error=error)
         return "failed"
     if result is not None:
         snapshot = result.stats.snapshot()
     state = result.stats.state if result else "stopped"
+    if why != "lost":  # a secret a server echoed into an error must not stay on disk
+        await asyncio.to_thread(scrub_run, out, secrets)
     if state == "succeeded":
         final = "succeeded"
         await asyncio.to_thread(store.finish, job.id, worker_id, final, progress=snapshot)
@@ -171,7 +232,7 @@ async def run_claimed(store: JobStore, job: Claimed, settings: Settings, worker_
         final = "failed"
         notes = "; ".join(result.stats.notes) if result else ""
         await asyncio.to_thread(store.finish, job.id, worker_id, final, progress=snapshot,
-                                error=redact(f"incomplete: {notes}", secrets))
+                                error=redact(f"incomplete: {notes}", secrets, roots))
     elif why == "cancel":
         final = "cancelled"
         await asyncio.to_thread(store.finish, job.id, worker_id, final, progress=snapshot)
@@ -182,3 +243,8 @@ async def run_claimed(store: JobStore, job: Claimed, settings: Settings, worker_
         await asyncio.to_thread(store.release, job.id, worker_id, snapshot)
     log.info("job %s: %s (%d/%d records)", job.id, final, stats.records, spec.n)
     return final
+
+
+if __name__ == "__main__":  # what `serve` starts: the same as `synthgen worker`
+    logging.basicConfig(level=get_settings().log_level, format="%(levelname)s %(name)s: %(message)s")
+    worker_main()

@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from synthgen import __version__
 from synthgen.engine import plugin
 from synthgen.policy import Policy
-from synthgen.service.api import jobs, meta, trainings
+from synthgen.service.api import jobs, meta, retry, trainings
 from synthgen.service.api.auth import require_api_key
 from synthgen.service.api.hosts import HostCheck
 from synthgen.service.store import JobStore
@@ -132,6 +132,7 @@ def create_app(settings: Settings | None = None, store: JobStore | None = None) 
         401: {"description": "missing or invalid API key (when the server has keys configured)"},
         413: {"description": "request body larger than the configured limit"}}
     app.include_router(jobs.router, prefix="/v1", dependencies=guarded, responses=common)
+    app.include_router(retry.router, prefix="/v1", dependencies=guarded, responses=common)
     app.include_router(meta.router, prefix="/v1", dependencies=guarded, responses=common)
     app.include_router(meta.open_router, prefix="/v1")
     app.add_api_route("/healthz", meta.healthz, include_in_schema=False)

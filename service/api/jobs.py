@@ -8,11 +8,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from synthgen.engine import plugin
 from synthgen.engine.roles import resolve_roles, with_smoke_defaults
+from synthgen.policy import Policy, bad_text, check_params, check_roles
 from synthgen.service.api import records
 from synthgen.service.api.paths import PathEscape, confine
 from synthgen.service.api.schemas import JobOut, JobPage, JobStatus, RecordsPage, job_out
@@ -20,7 +21,7 @@ from synthgen.service.store import JobStore
 from synthgen.service.store.jobs import JobRow as Job
 from synthgen.service.store.jobs import new_job_id
 from synthgen.service.worker import secret_spec_json
-from synthgen.spec import JobSpec
+from synthgen.spec import JobSpec, RoleConfig
 
 router = APIRouter(tags=["jobs"])
 JobId = Annotated[str, PathParam(min_length=1, max_length=64, description="job id")]
@@ -80,15 +81,26 @@ async def create_job(spec: Annotated[JobSpec, Body(openapi_examples=EXAMPLES)], 
     """Queue a generation job. The body is the CLI's job spec: generator, params, roles
     (`default` applies to every role), n, out, publish. Params and roles are validated
     against the generator now, so a bad spec fails here rather than in a worker."""
+    where = text_error(spec)
+    if where is not None:
+        raise invalid(where, "text must be valid Unicode (a lone surrogate such as \\ud800 is not)", "unicode")
     gen = find_generator(request, spec.generator)
+    policy: Policy = request.app.state.policy
+    params, violations = check_params(gen.params_model, spec.params, policy, ["body", "params"])
+    if violations:
+        raise HTTPException(422, detail=[v.as_error() for v in violations])
     try:
-        gen.parse_params(spec.params)
+        await run_in_threadpool(gen.parse_params, params)  # validators may look at the file system
     except ValidationError as exc:
-        raise HTTPException(422, detail=clean_errors(exc.errors(), ["body", "params"])) from None
+        raise HTTPException(422, detail=scrub_errors(clean_errors(exc.errors(), ["body", "params"]),
+                                                     request)) from None
     try:
         resolved = resolve_roles(spec.roles, gen.roles)
     except (ValueError, ValidationError) as exc:
         raise invalid(["body", "roles"], str(exc)) from None
+    local_models, violations = check_roles(resolved, policy)
+    if violations:
+        raise HTTPException(422, detail=[v.as_error() for v in violations])
     spec = with_smoke_defaults(spec, resolved)
     job_id = new_job_id()
     out = confine_out(request, spec.out, job_id)
@@ -97,11 +109,50 @@ async def create_job(spec: Annotated[JobSpec, Body(openapi_examples=EXAMPLES)], 
     spec = spec.model_copy(update={"out": str(out), "resume": False})
     public = spec.public_dict()
     public["out"] = str(out.relative_to(request.app.state.root))
+    # What the worker runs: input paths and local model folders made absolute under the roots.
+    roles = dict(spec.roles)
+    for role, folder in local_models.items():
+        roles[role] = (roles.get(role) or RoleConfig()).model_copy(update={"model": folder})
+    run_spec = spec.model_copy(update={"params": params, "roles": roles})
     pending = store_of(request).create_soon(job_id=job_id, generator=gen.name, public_spec=public,
-                                            secret_spec_json=secret_spec_json(spec), out_dir=str(out), n=spec.n)
+                                            secret_spec_json=secret_spec_json(run_spec), out_dir=str(out),
+                                            n=spec.n)
     job = await asyncio.wrap_future(pending)  # the insert is committed off the event loop, batched
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job_out(job, request.app.state.root_prefix)
+
+
+def text_error(spec: JobSpec) -> list[str | int] | None:
+    """Where the spec holds text that is not valid Unicode (secrets included), or None."""
+    def walk(value: Any, loc: list[str | int]) -> list[str | int] | None:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str):
+            return loc if bad_text(value) else None
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if bad_text(k):
+                    return loc  # the key itself: never echo it
+                found = walk(v, [*loc, k])
+                if found is not None:
+                    return found
+        if isinstance(value, list | tuple):
+            for i, v in enumerate(value):
+                found = walk(v, [*loc, i])
+                if found is not None:
+                    return found
+        return None
+
+    return walk(spec.model_dump(mode="python"), ["body"])
+
+
+def scrub_errors(errors: list[dict[str, Any]], request: Request) -> list[dict[str, Any]]:
+    """Error messages with the absolute data root cut out (paths shown relative to it)."""
+    return [{**e, "msg": relative_to_root(str(e.get("msg", "")), request.app.state.root)} for e in errors]
+
+
+def relative_to_root(text: str, root: Path) -> str:
+    return text.replace(str(root) + "/", "").replace(str(root), ".")
 
 
 def confine_out(request: Request, out: str | None, job_id: str) -> Path:

@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from synthgen import __version__
 from synthgen.engine import plugin
-from synthgen.service.api.schemas import GeneratorOut, Health
+from synthgen.service.api.schemas import GeneratorOut, Health, WorkerHealth
 from synthgen.service.store import JobStore
 from synthgen.service.store.models import JOB_STATUSES
 
@@ -26,15 +26,23 @@ def list_generators(request: Request) -> list[GeneratorOut]:
                          reads=g.reads, params_schema=g.params_schema()) for name, g in gens.items()]
 
 
-@open_router.get("/healthz", response_model=Health, responses={503: {"description": "database unreachable"}})
-def healthz(request: Request) -> Health:
+@open_router.get("/healthz", response_model=Health, responses={
+    503: {"description": "database unreachable, or a worker is down (`status: degraded`)"}})
+def healthz(request: Request, response: Response) -> Health:
     store: JobStore = request.app.state.store
     try:
         with store.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except Exception:
         raise HTTPException(503, "database unreachable") from None
-    return Health(status="ok", database="ok", version=__version__)
+    pool = getattr(request.app.state, "workers", None)  # set by `serve`, which supervises them
+    if pool is None:
+        return Health(status="ok", database="ok", version=__version__)
+    workers = WorkerHealth(**pool.status())
+    degraded = workers.alive < workers.expected
+    if degraded:
+        response.status_code = 503
+    return Health(status="degraded" if degraded else "ok", database="ok", version=__version__, workers=workers)
 
 
 @router.get("/metrics", response_class=Response,

@@ -69,10 +69,17 @@ class GeneratorOut(BaseModel):
     params_schema: dict[str, Any]
 
 
+class WorkerHealth(BaseModel):
+    expected: int = Field(description="worker processes `serve` keeps running")
+    alive: int
+    restarts: int = Field(description="workers restarted after they died, since serve started")
+
+
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "degraded"] = Field(description="degraded: fewer workers alive than expected")
     database: Literal["ok"]
     version: str
+    workers: WorkerHealth | None = Field(None, description="present when serve runs the workers")
 
 
 def _ts(value: float | None) -> datetime | None:

@@ -8,6 +8,7 @@ and Postgres alike, without SELECT ... FOR UPDATE.
 from __future__ import annotations
 
 import contextlib
+import json
 import queue
 import random
 import threading
@@ -21,7 +22,7 @@ from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 
-from synthgen.service.store.db import connect, migrate
+from synthgen.service.store.db import connect, make_private, migrate
 from synthgen.service.store.models import FINAL_STATUSES, Job, JobSecretSpec
 
 JOBS = Job.__table__
@@ -101,6 +102,7 @@ class JobStore:
         engine = connect(url)
         if run_migrations:
             migrate(engine)
+        make_private(engine)
         return cls(engine)
 
     # -- API side ------------------------------------------------------------------------
@@ -140,8 +142,17 @@ class JobStore:
             try:
                 self._insert_batch(batch)
             except Exception as exc:
-                for _, _, fut in batch:
-                    fut.set_exception(exc)
+                if len(batch) == 1:
+                    batch[0][2].set_exception(exc)
+                    continue
+                # One bad row must not fail the requests grouped with it: insert them one by one.
+                for item in batch:
+                    try:
+                        self._insert_batch([item])
+                    except Exception as one:
+                        item[2].set_exception(one)
+                    else:
+                        item[2].set_result(item[0])
             else:
                 for row, _, fut in batch:
                     fut.set_result(row)
@@ -200,6 +211,7 @@ class JobStore:
             done = s.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(
                 status="cancelled", finished_at=now, updated_at=now)).rowcount
             if done:
+                _forget_secrets(s, job_id)
                 return "cancelled"
             s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(
                 cancel_requested=True, updated_at=now))
@@ -255,8 +267,38 @@ class JobStore:
         if progress is not None:
             values.update(_counters(progress))
         with self.write() as s:
-            return bool(s.execute(update(Job).where(Job.id == job_id, Job.worker_id == worker_id,
+            done = bool(s.execute(update(Job).where(Job.id == job_id, Job.worker_id == worker_id,
                                                     Job.status == "running").values(**values)).rowcount)
+            if done:
+                _forget_secrets(s, job_id, keep_publish=status == "succeeded")
+            return done
+
+    def forget_secrets(self, job_id: str, *, keep_publish: bool = False) -> None:
+        """Drop a job's stored API keys (and its Hub token unless `keep_publish`): a finished job
+        needs none, a retried one is given them again. The publish step calls this when done."""
+        with self.write() as s:
+            _forget_secrets(s, job_id, keep_publish=keep_publish)
+
+    def retry(self, job_id: str, spec_json: str | None = None) -> bool:
+        """Queue a failed or incomplete job again; its worker resumes from the shards already
+        written. `spec_json` replaces the stored spec (secrets given anew). One guarded UPDATE."""
+        now = time.time()
+        with self.write() as s:
+            busy = select(JOBS.c.id).where(JOBS.c.out_dir == select(JOBS.c.out_dir).where(
+                JOBS.c.id == job_id).scalar_subquery(), JOBS.c.status.in_(("queued", "running")),
+                JOBS.c.id != job_id).limit(1)
+            if s.execute(busy).first() is not None:
+                return False
+            done = s.execute(update(Job).where(Job.id == job_id, Job.status.in_(RETRYABLE)).values(
+                status="queued", worker_id=None, heartbeat_at=None, finished_at=None, error=None,
+                cancel_requested=False, updated_at=now)).rowcount
+            if done and spec_json is not None:
+                s.execute(update(SPECS).where(SPECS.c.job_id == job_id).values(spec_json=spec_json))
+            return bool(done)
+
+    def secret_spec(self, job_id: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(SPECS.c.spec_json).where(SPECS.c.job_id == job_id)).scalar()
 
     def release(self, job_id: str, worker_id: str, progress: dict[str, Any] | None = None) -> bool:
         """Hand a job back to the queue (SIGTERM): another worker resumes it from its checkpoints."""
@@ -281,6 +323,29 @@ class JobStore:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+RETRYABLE = ("failed", "incomplete")
+
+
+def _forget_secrets(conn: Connection, job_id: str, *, keep_publish: bool = False) -> None:
+    """Null the API keys (and the Hub token) in a job's stored spec."""
+    raw = conn.execute(select(SPECS.c.spec_json).where(SPECS.c.job_id == job_id)).scalar()
+    if not raw:
+        return
+    spec = json.loads(raw)
+    changed = False
+    for role in (spec.get("roles") or {}).values():
+        if isinstance(role, dict) and role.get("api_key"):
+            role["api_key"] = None
+            changed = True
+    publish = spec.get("publish")
+    if not keep_publish and isinstance(publish, dict) and publish.get("token"):
+        publish["token"] = None
+        changed = True
+    if changed:
+        conn.execute(update(SPECS).where(SPECS.c.job_id == job_id).values(
+            spec_json=json.dumps(spec, ensure_ascii=False)))
 
 
 def _counters(progress: dict[str, Any]) -> dict[str, Any]:
