@@ -45,8 +45,9 @@ from synthgen.engine.checkpoint import ShardStore
 from synthgen.engine.errors import RequestError
 from synthgen.engine.finalize import publish, save_dataset, write_manifest
 from synthgen.engine.keys import record_key, row_key, seed_of
+from synthgen.engine.pool import pooled_roles
 from synthgen.engine.prompts import Prompts
-from synthgen.engine.roles import Usage, build_roles, close_roles, resolve_roles
+from synthgen.engine.roles import Usage, close_roles, resolve_roles
 from synthgen.engine.runner import (
     UNREACHABLE_AFTER,
     RunResult,
@@ -94,7 +95,7 @@ class RecordWorker:
         self.gen = gen
         self.params = gen.parse_params(raw_params)
         self.prompts = Prompts(gen.prompt_dir)
-        self.roles = build_roles(resolved)
+        self.roles = pooled_roles(resolved)
         self._reported = {name: Usage() for name in self.roles}
         self._resources_cm: Any = None
         self._resources: Any = None

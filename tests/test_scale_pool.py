@@ -203,3 +203,34 @@ def test_a_rest_job_pool_is_checked_server_by_server(tmp_path):
     bad = RoleConfig(engine="openai", model="m", base_urls=["http://127.0.0.1:8001/v1", "http://10.0.0.7:8000/v1"])
     errors = check_roles({"writer": bad}, policy)[1]
     assert len(errors) == 1 and "10.0.0.7" in str(errors[0])
+
+
+def test_a_local_run_over_a_pool_with_one_dead_server(tmp_path):
+    """persona-qa through the engine's runner on a pool of two live servers and one that was never
+    started: every record is written, both live servers share the work, the dead one is out."""
+    from synthgen.engine.pool import pooled_roles
+    from synthgen.engine.roles import resolve_roles
+    from synthgen.engine.runner import run_job
+    from synthgen.spec import JobSpec, RoleConfig
+
+    with LoopbackServer(latency=0.02) as s1, LoopbackServer(latency=0.02) as s2:
+        dead = LoopbackServer()
+        with dead:
+            dead_url = dead.base_url  # a port that was just freed: connection refused
+        pool = RoleConfig(base_urls=[s1.base_url, dead_url, s2.base_url], model="m")
+        spec = JobSpec(generator="persona-qa", n=12, out=str(tmp_path / "run"), roles={"default": pool})
+        roles = pooled_roles(resolve_roles(spec.roles, ("writer", "answerer")))
+        assert roles["writer"].client is roles["answerer"].client  # one pool for both roles
+
+        async def main():
+            try:
+                return await run_job(spec, roles=roles)
+            finally:
+                await roles["writer"].client.aclose()
+
+        result = asyncio.run(main())
+    assert result.stats.state == "succeeded" and result.manifest["counts"]["records"] == 12
+    assert result.manifest["counts"]["failed"] == 0
+    assert s1.requests + s2.requests == 48 and min(s1.requests, s2.requests) >= 12
+    states = {ep["url"]: ep for ep in roles["writer"].client.pool.snapshot()}
+    assert states[dead_url]["state"] == DOWN and states[dead_url]["requests"] >= 1
