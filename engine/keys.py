@@ -1,7 +1,9 @@
-"""Stable record keys: the same input, seed, generator version and prompts give the same key.
+"""Stable record keys: an input's identity is the generator, the run's seed and the item.
 
-Keys make runs idempotent: resume skips what is written, and a changed prompt or a new
-generator version yields new keys rather than mixing old and new outputs.
+Keys make runs idempotent: resume skips what is written, so a dataset never holds two
+records for one input. What *made* a record (generator version, prompt templates, models,
+sampling) is its provenance, tracked per shard by the checkpoint store, so a changed prompt
+is detected at resume instead of silently re-running the same inputs under new keys.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"cannot key {type(obj).__name__}")
 
 
-def record_key(generator: str, version: str, item: dict[str, Any], seed: int, prompts_fingerprint: str) -> str:
+def record_key(generator: str, item: dict[str, Any], seed: int) -> str:
     payload = orjson.dumps(
-        [generator, version, seed, prompts_fingerprint, item],
+        [generator, seed, item],
         default=_default, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY,
     )
     return hashlib.blake2b(payload, digest_size=10).hexdigest()

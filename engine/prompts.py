@@ -1,7 +1,7 @@
 """Jinja2 prompt templates under `prompts/<generator>/`, loaded once and hashed.
 
-The hash of each template goes into every record key and the manifest, so a changed
-prompt makes new keys instead of silently mixing old and new outputs in one dataset.
+The hash of each template is part of a run's provenance (checkpoint store, manifest), so a
+resume after a prompt edit is noticed instead of silently mixing old and new outputs.
 """
 
 from __future__ import annotations
@@ -44,7 +44,3 @@ class Prompts:
         if not variables:
             self._static[name] = text
         return text
-
-    @property
-    def fingerprint(self) -> str:
-        return hashlib.sha256("".join(f"{k}={v};" for k, v in sorted(self.hashes.items())).encode()).hexdigest()[:16]

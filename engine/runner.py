@@ -1,8 +1,9 @@
 """Run one job: stream inputs through a generator, keep records in flight, checkpoint as it goes.
 
-The loop is deliberately plain: one task per record under a semaphore, counters in a
-dataclass, rows buffered and flushed off the event loop by size or time. Nothing per
-request is done here beyond what the record needs.
+The loop is deliberately plain: one task per record, counters in a dataclass, rows buffered
+and flushed off the event loop by size or time. Admission is exact: a record starts only
+while the records written plus those in flight (discounted by the observed drop rate) fall
+short of n, so a run never pays for records it will throw away.
 """
 
 from __future__ import annotations
@@ -22,17 +23,22 @@ import orjson
 
 from synthgen import __version__
 from synthgen.engine import plugin
-from synthgen.engine.checkpoint import ShardStore
+from synthgen.engine.checkpoint import ShardStore, provenance_id
 from synthgen.engine.errors import RequestError
 from synthgen.engine.finalize import publish, save_dataset, write_manifest
 from synthgen.engine.keys import record_key, row_key, seed_of
 from synthgen.engine.prompts import Prompts
 from synthgen.engine.roles import Role, build_roles, close_roles, resolve_roles
+from synthgen.engine.snapshot import RoleUsage, RunSnapshot
 from synthgen.settings import Settings, get_settings
-from synthgen.spec import JobSpec
+from synthgen.spec import JobSpec, RoleConfig, RunState
 
 log = logging.getLogger(__name__)
-FINAL_STATES = ("succeeded", "incomplete", "cancelled", "stopped", "failed")
+# Before any record has finished, assume this share will be dropped; capped so one early
+# failure cannot open the gate to the whole concurrency.
+MAX_DROP_ESTIMATE = 0.9
+# This many records in a row failing to connect, with none written, ends the run as unreachable.
+UNREACHABLE_AFTER = 3
 
 
 @dataclass
@@ -40,7 +46,7 @@ class RunStats:
     """Live counters, read by the CLI's progress bar and the service's job status."""
 
     target: int
-    state: str = "starting"
+    state: RunState = "starting"
     done_before: int = 0
     ok: int = 0
     failed: int = 0
@@ -51,6 +57,8 @@ class RunStats:
     failures_by_reason: dict[str, int] = field(default_factory=dict)
     roles: dict[str, Role] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Why the run could not go on (endpoint unreachable, source empty); the state is then "failed".
+    error: str | None = None
     out: Path | None = None
 
     @property
@@ -66,18 +74,23 @@ class RunStats:
     def usage(self) -> dict[str, Any]:
         return {name: {"model": r.model, **r.usage.as_dict()} for name, r in self.roles.items()}
 
-    def snapshot(self) -> dict[str, Any]:
+    def drop_rate(self) -> float:
+        finished = self.ok + self.failed
+        return min(self.failed / finished, MAX_DROP_ESTIMATE) if finished else 0.0
+
+    def snapshot(self) -> RunSnapshot:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         rate = self.ok / elapsed
         left = self.target - self.records
-        return {
-            "state": self.state, "target": self.target, "records": self.records, "failed": self.failed,
-            "rows": self.rows, "in_flight": self.in_flight, "elapsed_s": round(elapsed, 3),
-            "records_per_s": round(rate, 3), "requests": self.requests(),
-            "tokens_per_s": round(self.tokens() / elapsed, 1),
-            "eta_s": round(left / rate, 1) if rate > 0 and left > 0 else None,
-            "failures_by_reason": dict(self.failures_by_reason), "usage": self.usage(),
-        }
+        return RunSnapshot(
+            state=self.state, target=self.target, records=self.records, failed=self.failed,
+            rows=self.rows, in_flight=self.in_flight, inputs_read=self.inputs_read,
+            elapsed_s=round(elapsed, 3), records_per_s=round(rate, 3), requests=self.requests(),
+            tokens_per_s=round(self.tokens() / elapsed, 1),
+            eta_s=round(left / rate, 1) if rate > 0 and left > 0 else None,
+            failures_by_reason=dict(self.failures_by_reason),
+            usage={name: RoleUsage(model=r.model, **r.usage.as_dict()) for name, r in self.roles.items()},
+            notes=list(self.notes), error=self.error)
 
 
 @dataclass
@@ -90,6 +103,17 @@ class RunResult:
 
 def _identity(spec: JobSpec, gen: plugin.Generator, params: Any) -> dict[str, Any]:
     return {"generator": gen.name, "params": params.model_dump(mode="json"), "seed": spec.seed}
+
+
+def provenance(gen: plugin.Generator, prompts: Prompts, resolved: dict[str, RoleConfig],
+               settings: Settings) -> dict[str, Any]:
+    """What makes a record what it is, beyond its input: a resume compares it shard by shard."""
+    return {
+        "generator_version": gen.version,
+        "prompt_templates": dict(sorted(prompts.hashes.items())),
+        "models": {name: {"engine": c.engine, "model": c.model or f"embedded:{settings.default_gguf_file}",
+                          "sampling": c.sampling()} for name, c in sorted(resolved.items())},
+    }
 
 
 def _features(gen: plugin.Generator, params: Any) -> datasets.Features:
@@ -112,33 +136,41 @@ async def run_job(spec: JobSpec, *, settings: Settings | None = None, stats: Run
     prompts = Prompts(gen.prompt_dir)
     out = spec.out_path(settings.data_root)
     features = _features(gen, params)
-    store = ShardStore.open(out, features, _identity(spec, gen, params), resume=spec.resume)
+    made_by = provenance(gen, prompts, resolved, settings)
+    store = ShardStore.open(out, features, _identity(spec, gen, params), resume=spec.resume,
+                            provenance=made_by, on_change=spec.on_change)
     done = store.done_keys(include_failed=not spec.retry_failed) if store.progress.shards or store.progress.failed else set()
     stats = stats or RunStats(target=spec.n)
     stats.target, stats.out = spec.n, out
     stats.done_before = min(store.progress.records, spec.n)
-    stats.roles = roles or build_roles(resolved)
+    stats.notes.extend(store.new_notes)
     stop = stop or asyncio.Event()
     concurrency = spec.concurrency or max(c.concurrency or 1 for c in resolved.values())
     started_wall = time.time()
-    resources_cm = gen.resources(params) if gen.resources else contextlib.nullcontext()
+    dataset = None
     try:
+        stats.roles = roles or build_roles(resolved)
+        resources_cm = gen.resources(params) if gen.resources else contextlib.nullcontext()
         async with resources_cm as resources:
             stats.state = "running"
             await _drive(spec, gen, params, prompts, store, stats, done, concurrency, stop, resources, on_flush)
         await store.flush(stats.usage())
-        dataset = None
-        if stats.records < spec.n and stop.is_set():
+        if stats.error:
+            stats.state = "failed"  # e.g. the endpoint is unreachable: what was written stays resumable
+        elif stats.records < spec.n and stop.is_set():
             stats.state = "stopped"  # resumable: the dataset is written when the run completes
         else:
             stats.state = "finishing"
             dataset = await asyncio.to_thread(save_dataset, store)
             # "incomplete": the input budget ran out before n records passed the checks.
             stats.state = "succeeded" if stats.records >= spec.n else "incomplete"
+    except BaseException:
+        store.remove_if_empty()  # a run that failed before writing anything leaves no marker behind
+        raise
     finally:
         if roles is None:
             await close_roles(stats.roles)
-    manifest = _manifest(spec, gen, params, resolved, prompts, store, stats, started_wall, features)
+    manifest = _manifest(spec, gen, params, resolved, prompts, store, stats, started_wall, features, made_by)
     write_manifest(out, manifest)
     if dataset is not None and spec.publish is not None:
         token = spec.publish.token.get_secret_value() if spec.publish.token else None
@@ -155,11 +187,17 @@ async def _drive(spec: JobSpec, gen: plugin.Generator, params: Any, prompts: Pro
     need = spec.n - stats.done_before
     if need <= 0:
         return
-    slots = asyncio.Semaphore(concurrency)
     tasks: set[asyncio.Task[None]] = set()
     enough = asyncio.Event()
-    fingerprint = prompts.fingerprint
+    stop_all = asyncio.Event()  # the run cannot go on (stats.error says why)
+    changed = asyncio.Event()  # set whenever a record finishes: the gate below looks again
     last_flush = time.monotonic()
+
+    def admit() -> bool:
+        """Exact admission: start one more only if the records in flight, discounted by the
+        share that gets dropped, cannot already cover what is still missing."""
+        return (stats.in_flight < concurrency
+                and stats.ok + stats.in_flight * (1.0 - stats.drop_rate()) < need)
 
     async def one(index: int, key: str, item: dict[str, Any]) -> None:
         ctx = plugin.RecordContext(key=key, seed=seed_of(key), params=params, roles=stats.roles,
@@ -189,38 +227,52 @@ async def _drive(spec: JobSpec, gen: plugin.Generator, params: Any, prompts: Pro
                 enough.set()
         finally:
             stats.in_flight -= 1
-            slots.release()
+            changed.set()
 
     def _fail(index: int, key: str, item: dict[str, Any], reason: str, detail: str) -> None:
         stats.failed += 1
         stats.failures_by_reason[reason] = stats.failures_by_reason.get(reason, 0) + 1
         store.add_failure({"key": key, "index": index, "reason": reason, "detail": detail[:2000],
                            "input": _summary(item)})
+        # Every record so far died on a connection that never opened (retries spent): the
+        # endpoint is down or wrong. Going on would only burn the input budget and end with
+        # advice to raise it, so stop and say so.
+        if (stats.ok == 0 and stats.done_before == 0 and reason == "request_connection"
+                and stats.failures_by_reason[reason] == stats.failed >= UNREACHABLE_AFTER):
+            stats.error = f"endpoint unreachable: {stats.failed} records failed to connect ({detail[:200]})"
+            stop_all.set()
 
-    inputs = gen.inputs(plugin.InputContext(params=params, seed=spec.seed))
-    for index, item in enumerate(itertools.islice(inputs, spec.input_budget)):
-        if enough.is_set() or stop.is_set():
-            break
-        stats.inputs_read = index + 1
-        key = record_key(gen.name, gen.version, item, spec.seed, fingerprint)
-        if key in done:
-            continue
-        await slots.acquire()
-        if enough.is_set() or stop.is_set():
-            slots.release()
-            break
-        stats.in_flight += 1
-        task = asyncio.create_task(one(index, key, item))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+    async def flush_if_due() -> None:
+        nonlocal last_flush
         now = time.monotonic()
         if store.buffered_rows >= spec.shard_rows or now - last_flush >= spec.flush_seconds:
             last_flush = now
             await store.flush(stats.usage())
             if on_flush:
                 on_flush(stats)
+
+    inputs = gen.inputs(plugin.InputContext(params=params, seed=spec.seed))
+    for index, item in enumerate(itertools.islice(inputs, spec.input_budget)):
+        if enough.is_set() or stop.is_set() or stop_all.is_set():
+            break
+        stats.inputs_read = index + 1
+        key = record_key(gen.name, item, spec.seed)
+        if key in done:
+            continue
+        while not admit() and not enough.is_set() and not stop.is_set() and not stop_all.is_set():
+            changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), timeout=spec.flush_seconds)
+            await flush_if_due()
+        if enough.is_set() or stop.is_set() or stop_all.is_set():
+            break
+        stats.in_flight += 1
+        task = asyncio.create_task(one(index, key, item))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        await flush_if_due()
     # Inputs spent or target met: wait for the records in flight unless the target is met.
-    while tasks and not enough.is_set() and not stop.is_set():
+    while tasks and not enough.is_set() and not stop.is_set() and not stop_all.is_set():
         await asyncio.wait(set(tasks), timeout=spec.flush_seconds)
         if store.buffered_rows:
             await store.flush(stats.usage())
@@ -228,11 +280,18 @@ async def _drive(spec: JobSpec, gen: plugin.Generator, params: Any, prompts: Pro
         task.cancel()
     if tasks:
         await asyncio.gather(*tasks, return_exceptions=True)
-    if need > stats.ok and not stop.is_set():
+    if stats.error or need <= stats.ok or stop.is_set():
+        return
+    if stats.inputs_read == 0:
+        stats.error = "source empty: the generator's inputs yielded nothing (check its source params)"
+    elif stats.inputs_read < spec.input_budget:
+        stats.notes.append(
+            f"source exhausted after {stats.inputs_read} inputs: {stats.ok} of {need} records written, "
+            f"{stats.failed} dropped (reasons in failures.jsonl)")
+    else:
         stats.notes.append(
             f"input budget spent ({spec.input_budget} inputs): {stats.ok} of {need} records written, "
-            f"{stats.failed} dropped; raise --max-inputs or look at failures.jsonl"
-        )
+            f"{stats.failed} dropped; look at failures.jsonl, then resume with a larger --max-inputs")
 
 
 def _summary(item: dict[str, Any]) -> dict[str, Any]:
@@ -241,8 +300,10 @@ def _summary(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _manifest(spec: JobSpec, gen: plugin.Generator, params: Any, resolved: dict[str, Any], prompts: Prompts,
-              store: ShardStore, stats: RunStats, started_wall: float, features: datasets.Features) -> dict[str, Any]:
+              store: ShardStore, stats: RunStats, started_wall: float, features: datasets.Features,
+              made_by: dict[str, Any]) -> dict[str, Any]:
     p = store.progress
+    by_provenance = p.records_by_provenance()
     return {
         "synthgen_version": __version__,
         "generator": {"name": gen.name, "version": gen.version},
@@ -251,13 +312,16 @@ def _manifest(spec: JobSpec, gen: plugin.Generator, params: Any, resolved: dict[
         "models": {name: {"engine": c.engine, "model": stats.roles[name].model, "base_url": c.base_url,
                           "sampling": c.sampling()} for name, c in resolved.items()},
         "prompt_templates": prompts.hashes,
+        "provenance": {"current": provenance_id(made_by),
+                       "records": by_provenance,
+                       "details": {pid: p.provenances.get(pid, {}) for pid in by_provenance}},
         "state": stats.state,
         "counts": {"records": p.records, "rows": p.rows, "failed": p.failed, "target": spec.n,
                    "inputs_read": stats.inputs_read},
         "failures_by_reason": stats.failures_by_reason,
         "usage": stats.usage(),
         "timings": {"started_at": started_wall, "elapsed_s": round(time.monotonic() - stats.started, 3),
-                    "records_per_s": stats.snapshot()["records_per_s"]},
+                    "records_per_s": stats.snapshot().records_per_s},
         "features": features.to_dict(),
         "notes": stats.notes,
     }

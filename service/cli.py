@@ -1,8 +1,18 @@
-"""The `synthgen` command line: list generators, run one, (later) serve, train, evaluate."""
+"""The `synthgen` command line: list generators, run one, serve, train.
+
+Exit codes of `synthgen run` (scripts and schedulers rely on them):
+  0  complete: n records written
+  1  failed: the run could not go on (endpoint unreachable, disk full, an unexpected error)
+  2  usage error: a bad flag, config or spec, or an --out that cannot be used as asked
+  3  incomplete: the input budget or the source ran out before n records passed the checks
+     (what was written is kept; `--resume --max-inputs N` continues it)
+  130 interrupted (Ctrl-C / SIGTERM): resumable with `--resume`
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import signal
@@ -26,7 +36,9 @@ from synthgen.settings import get_settings
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Synthetic multimodal training data for Japanese VLMs.")
 console = Console(stderr=True)
-USER_ERRORS = (ValidationError, ValueError, RunExists, plugin.UnknownGenerator, EngineUnavailable, FileNotFoundError)
+USER_ERRORS = (ValidationError, ValueError, RunExists, plugin.UnknownGenerator, EngineUnavailable, FileNotFoundError,
+               IsADirectoryError, NotADirectoryError, PermissionError)
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -35,6 +47,8 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, IsADirectoryError | NotADirectoryError | PermissionError):
+        return f"{exc.strerror or type(exc).__name__}: {exc.filename}"
     if isinstance(exc, ValidationError):
         parts = []
         for err in exc.errors():
@@ -99,6 +113,11 @@ def run(
     out: Annotated[Path | None, typer.Option(help="output folder")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="on resume, retry failed records")] = False,
+    accept_changes: Annotated[bool, typer.Option(
+        "--accept-changes", help="on resume after a changed version, prompt, model or sampling: keep the old "
+        "records and fill the rest under the new settings")] = False,
+    refresh: Annotated[bool, typer.Option(
+        "--refresh", help="on resume after such a change: regenerate the records made the old way")] = False,
     push_to_hub: Annotated[str | None, typer.Option(help="push the finished dataset to this Hub repo (user/name)")] = None,
     hub_token: Annotated[str | None, typer.Option(envvar="HF_TOKEN", help="Hub token (default: HF_TOKEN)")] = None,
     public: Annotated[bool, typer.Option("--public", help="make the pushed dataset public")] = False,
@@ -112,6 +131,7 @@ def run(
         flags: dict[str, Any] = {"n": n, "seed": seed, "concurrency": concurrency, "max_inputs": max_inputs,
                                  "out": str(out) if out else None, "resume": resume or None,
                                  "retry_failed": retry_failed or None,
+                                 "accept_changes": accept_changes or None, "refresh": refresh or None,
                                  "publish": {"repo_id": push_to_hub, "token": hub_token, "private": not public}
                                  if push_to_hub else None}
         spec = build_spec(generator, gen.roles, config=config, sets=sets or [], flags=flags,
@@ -125,12 +145,27 @@ def run(
     except USER_ERRORS as exc:
         raise fail(describe_error(exc)) from None
     except KeyboardInterrupt:
-        raise fail("interrupted; run again with --resume to continue", 130) from None
+        raise fail("interrupted; run again with --resume to continue", EXIT_INTERRUPTED) from None
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise fail(f"disk full while writing {exc.filename or spec.out or 'the run'}: free space, then "
+                       "run the same command with --resume", EXIT_FAILED) from None
+        raise fail(f"{exc.strerror or type(exc).__name__}: {exc.filename or exc}", EXIT_FAILED) from None
     _summary(result)
     if spec.quality and result.stats.state == "succeeded":
         cli_quality.post_run(spec, result.out)
-    if result.stats.state not in ("succeeded", "incomplete"):
-        raise typer.Exit(3)
+    raise typer.Exit(_exit_code(result))
+
+
+def _exit_code(result: RunResult) -> int:
+    state = result.stats.state
+    if state == "succeeded":
+        return EXIT_OK
+    if state == "incomplete":
+        return EXIT_INCOMPLETE
+    if state == "stopped":
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED
 
 
 def _quiet_library_progress() -> None:
@@ -178,8 +213,8 @@ async def _run_with_progress(spec: Any, quiet: bool) -> RunResult:
         while not task.done():
             await asyncio.wait({task}, timeout=0.5)
             snap = stats.snapshot()
-            detail = (f"{snap['records_per_s']:.2f} rec/s  {snap['tokens_per_s']:.0f} tok/s  "
-                      f"failed {snap['failed']}  in flight {snap['in_flight']}")
+            detail = (f"{snap.records_per_s:.2f} rec/s  {snap.tokens_per_s:.0f} tok/s  "
+                      f"failed {snap.failed}  in flight {snap.in_flight}")
             progress.update(bar, completed=stats.records, detail=detail)
     return await task
 
@@ -210,7 +245,9 @@ def _summary(result: RunResult) -> None:
         out.print(reasons)
     for note in stats.notes:
         out.print(f"[yellow]note:[/] {note}", highlight=False)
-    if stats.state in ("succeeded", "incomplete"):
+    if stats.error:
+        out.print(f"[bold red]failed:[/] {stats.error}", highlight=False)
+    if stats.state in ("succeeded", "incomplete") and counts["records"]:
         out.print(f"dataset: datasets.load_from_disk({str(result.out)!r})", highlight=False)
     elif stats.state == "stopped":
         out.print("stopped; continue with the same command and --resume", highlight=False)

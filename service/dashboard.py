@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -18,6 +18,7 @@ from fastapi.templating import Jinja2Templates
 from synthgen.service.api.auth import COOKIE, key_ok, presented_key
 from synthgen.service.api.jobs import get_job, image_response, preview
 from synthgen.service.api.schemas import job_out
+from synthgen.spec import JobState
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
@@ -63,7 +64,7 @@ def jobs_page(request: Request, status: Annotated[str | None, Query(max_length=1
     jobs, total = store.list(status=status or None, limit=100)
     items = [job_out(j, request.app.state.root_prefix) for j in jobs]
     return templates.TemplateResponse(request, "jobs.html", {
-        "jobs": items, "total": total, "status": status or "", "counts": store.counts_by_status(),
+        "jobs": items, "total": total, "status": status or "", "counts": store.counts_by_status(), "states": get_args(JobState),
         "live": any(j.status in LIVE for j in items)})
 
 

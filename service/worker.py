@@ -24,8 +24,8 @@ from typing import Any
 from pydantic import SecretStr
 
 from synthgen import policy
-from synthgen.engine.checkpoint import MARKER, STATE_DIR
 from synthgen.engine.runner import RunResult, RunStats, install_fast_loop, run_job
+from synthgen.engine.runs import Run
 from synthgen.service.scrub import scrub_run, scrub_text
 from synthgen.service.store import JobStore
 from synthgen.service.store.jobs import Claimed
@@ -173,7 +173,7 @@ async def run_claimed(store: JobStore, job: Claimed, settings: Settings, worker_
         await asyncio.to_thread(store.finish, job.id, worker_id, "failed", error=redact(refused, secrets, roots))
         return "failed"
     out = Path(job.out_dir)
-    resume = (out / STATE_DIR / MARKER).exists()
+    resume = Run(out).started
     spec = spec.model_copy(update={"out": str(out), "resume": resume})
     log.info("job %s: %s n=%d attempt %d%s", job.id, spec.generator, spec.n, job.attempts,
              " (resuming from checkpoints)" if resume else "")
@@ -225,14 +225,25 @@ async def run_claimed(store: JobStore, job: Claimed, settings: Settings, worker_
     state = result.stats.state if result else "stopped"
     if why != "lost":  # a secret a server echoed into an error must not stay on disk
         await asyncio.to_thread(scrub_run, out, secrets)
+    if state == "succeeded" and spec.quality:  # synthgen.quality post-steps; the lease is kept alive meanwhile
+        from synthgen.quality.post import run_for_job
+
+        if error := await run_for_job(store, job.id, worker_id, out, spec, settings, snapshot):
+            await asyncio.to_thread(store.finish, job.id, worker_id, "failed", progress=snapshot,
+                                    error=redact(error, secrets))
+            return "failed"
     if state == "succeeded":
         final = "succeeded"
         await asyncio.to_thread(store.finish, job.id, worker_id, final, progress=snapshot)
     elif state == "incomplete":
-        final = "failed"
+        final = "incomplete"  # the data is kept; `resume` with a larger max_inputs continues it
         notes = "; ".join(result.stats.notes) if result else ""
         await asyncio.to_thread(store.finish, job.id, worker_id, final, progress=snapshot,
-                                error=redact(f"incomplete: {notes}", secrets, roots))
+                                error=redact(notes, secrets, roots))
+    elif state == "failed":
+        final = "failed"
+        await asyncio.to_thread(store.finish, job.id, worker_id, final, progress=snapshot,
+                                error=redact(result.stats.error or "failed", secrets, roots) if result else "failed")
     elif why == "cancel":
         final = "cancelled"
         await asyncio.to_thread(store.finish, job.id, worker_id, final, progress=snapshot)

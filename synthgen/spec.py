@@ -7,12 +7,30 @@ same way and a spec can be stored, sent and replayed as plain JSON.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
-EngineName = Literal["openai", "vllm", "transformers"]
 DEFAULT_ROLE = "default"
+# A backend by its entry-point name in the `synthgen.backends` group (openai, vllm, transformers,
+# openai-batch, or a third party's); the engine checks that it is registered.
+EngineName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
+
+# The states of a run and of a service job, declared once for the engine, store, API and dashboard.
+# queued: waiting for a worker; running; succeeded: n records written; incomplete: the input
+# budget ran out before n records passed the checks (data kept, resumable with more inputs);
+# stopped: interrupted, resumable; cancelled: stopped on request; failed: an error ended it.
+RunState = Literal["starting", "running", "finishing", "succeeded", "incomplete", "stopped", "failed"]
+JobState = Literal["queued", "running", "succeeded", "incomplete", "failed", "cancelled"]
+FINAL_JOB_STATES: tuple[JobState, ...] = ("succeeded", "incomplete", "failed", "cancelled")
 
 
 class Sampling(BaseModel):
@@ -188,13 +206,17 @@ class JobSpec(BaseModel):
     max_inputs: int | None = Field(
         None, ge=1, description="inputs to try at most (default 3 x n), so a run whose records are mostly dropped still ends"
     )
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63, description="run seed (0 <= seed < 2**63)")
     concurrency: int | None = Field(None, ge=1, le=100_000, description="records in flight at once")
     out: str | None = Field(None, description="output folder (defaults to a folder under the data root)")
     shard_rows: int = Field(1000, ge=1, le=1_000_000)
     flush_seconds: float = Field(10.0, gt=0, le=3600)
     resume: bool = False
     retry_failed: bool = False
+    # On resume, records made with another generator version, prompts, models or sampling:
+    # stop (default), keep them and fill the rest (`accept_changes`), or regenerate them (`refresh`).
+    accept_changes: bool = False
+    refresh: bool = False
     publish: PublishSpec | None = None
     # Where the records run: in this process, or on a Ray cluster (synthgen.engine.ray_executor).
     # Which cluster is the operator's setting (SYNTHGEN_RAY_ADDRESS), never a job's.
@@ -208,7 +230,13 @@ class JobSpec(BaseModel):
     def _inputs_cover_n(self) -> JobSpec:
         if self.max_inputs is not None and self.max_inputs < self.n:
             raise ValueError("max_inputs must be at least n")
+        if self.accept_changes and self.refresh:
+            raise ValueError("accept_changes and refresh exclude each other")
         return self
+
+    @property
+    def on_change(self) -> Literal["stop", "accept", "refresh"]:
+        return "refresh" if self.refresh else "accept" if self.accept_changes else "stop"
 
     @property
     def input_budget(self) -> int:

@@ -12,7 +12,9 @@ import datasets
 import orjson
 import pytest
 
-from synthgen.loopback_server import LoopbackServer, Reply, japanese_responder, last_user_text
+from gen_responders import persona_qa_responder
+
+from synthgen.loopback_server import LoopbackServer, Reply, last_user_text
 
 CLI = [sys.executable, "-m", "synthgen.service.cli"]
 
@@ -33,7 +35,7 @@ def test_run_writes_japanese_multiturn_dataset(tmp_path):
             return Reply(status=429, headers={"Retry-After": "0"})
         if calls["n"] % 29 == 0:
             return Reply(raw=b"{broken")
-        return japanese_responder(body)
+        return persona_qa_responder(body)
 
     with LoopbackServer(flaky) as srv:
         srv.keep_bodies = True
@@ -53,6 +55,7 @@ def test_run_writes_japanese_multiturn_dataset(tmp_path):
     man = orjson.loads((out / "manifest.json").read_bytes())
     assert man["usage"]["writer"]["retries"] + man["usage"]["answerer"]["retries"] > 0
     assert set(man["prompt_templates"]) == {"question", "followup", "answer_system"}
+    assert row["difficulty"] in {"basic", "intermediate", "advanced"} and row["keypoint"] == ""
     assert "records written" in proc.stdout
 
 
@@ -66,7 +69,7 @@ def test_bad_outputs_are_dropped_with_reasons(tmp_path):
                 return "Here is an English question about diving?"
             if asked["n"] % 5 == 0:
                 return "問題：30÷5はいくつですか。答えは6です。"
-        return japanese_responder(body)
+        return persona_qa_responder(body)
 
     with LoopbackServer(messy) as srv:
         proc = _run("run", "persona-qa", "--n", "10", "--base-url", srv.base_url, "--model", "M",
@@ -78,7 +81,7 @@ def test_bad_outputs_are_dropped_with_reasons(tmp_path):
 
 
 def test_kill_midway_then_resume_gives_exactly_n(tmp_path):
-    with LoopbackServer(latency=0.03) as srv:
+    with LoopbackServer(persona_qa_responder, latency=0.03) as srv:
         out = tmp_path / "run"
         args = [*CLI, "run", "persona-qa", "--n", "100", "--base-url", srv.base_url, "--model", "M",
                 "--out", str(out), "--concurrency", "8", "--set", "flush_seconds=0.2", "--set", "shard_rows=5"]
@@ -125,9 +128,12 @@ def test_embedded_model_run_ends_with_summary(tmp_path):
     """The README's first command, shortened: no server, the bundled model, a clear summary."""
     proc = _run("run", "persona-qa", "--n", "1", "--max-inputs", "2", "--out", str(tmp_path / "smoke"),
                 "--set", "default.max_tokens=24", timeout=300)
-    assert proc.returncode == 0, proc.stderr
     assert "smoke-test model" in proc.stderr
     assert "records written" in proc.stdout
     man = orjson.loads((tmp_path / "smoke" / "manifest.json").read_bytes())
-    assert man["counts"]["records"] + man["counts"]["failed"] == 2
+    # Exit codes: 0 when the one record passed the checks, 3 (incomplete) when both inputs were dropped.
+    assert proc.returncode == {"succeeded": 0, "incomplete": 3}[man["state"]], proc.stderr
+    # Exact admission: a second input starts only after the first was dropped.
+    tried = 1 if man["counts"]["records"] and not man["counts"]["failed"] else 2
+    assert man["counts"]["records"] + man["counts"]["failed"] == man["counts"]["inputs_read"] == tried
     assert man["usage"]["writer"]["requests"] >= 2

@@ -16,12 +16,12 @@ from synthgen.engine.roles import resolve_roles, with_smoke_defaults
 from synthgen.policy import Policy, bad_text, check_params, check_roles
 from synthgen.service.api import records
 from synthgen.service.api.paths import PathEscape, confine
-from synthgen.service.api.schemas import JobOut, JobPage, JobStatus, RecordsPage, job_out
+from synthgen.service.api.schemas import JobOut, JobPage, RecordsPage, job_out
 from synthgen.service.store import JobStore
 from synthgen.service.store.jobs import JobRow as Job
 from synthgen.service.store.jobs import new_job_id
 from synthgen.service.worker import secret_spec_json
-from synthgen.spec import JobSpec, RoleConfig
+from synthgen.spec import FINAL_JOB_STATES, JobSpec, JobState, RoleConfig
 
 router = APIRouter(tags=["jobs"])
 JobId = Annotated[str, PathParam(min_length=1, max_length=64, description="job id")]
@@ -170,7 +170,7 @@ def check_out_free(request: Request, out: Path) -> None:
 
 
 @router.get("/jobs", response_model=JobPage)
-def list_jobs(request: Request, status: JobStatus | None = None,
+def list_jobs(request: Request, status: JobState | None = None,
               generator: Annotated[str | None, Query(max_length=100)] = None,
               limit: Annotated[int, Query(ge=1, le=500)] = 50,
               offset: Annotated[int, Query(ge=0, le=2**31)] = 0) -> JobPage:
@@ -199,7 +199,7 @@ def cancel_job(request: Request, job_id: JobId) -> JobOut:
     """A queued job is cancelled at once; a running one stops within a few seconds."""
     store = store_of(request)
     job = get_job(request, job_id)
-    if job.status in ("succeeded", "failed"):
+    if job.status in FINAL_JOB_STATES and job.status != "cancelled":  # a second cancel is a no-op
         raise HTTPException(409, f"job already {job.status}")
     store.cancel(job_id)
     return job_out(get_job(request, job_id), request.app.state.root_prefix)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from fastapi import APIRouter, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -11,7 +13,7 @@ from synthgen import __version__
 from synthgen.engine import plugin
 from synthgen.service.api.schemas import GeneratorOut, Health, WorkerHealth
 from synthgen.service.store import JobStore
-from synthgen.service.store.models import JOB_STATUSES
+from synthgen.spec import JobState
 
 router = APIRouter(tags=["service"])
 open_router = APIRouter(tags=["service"])  # no API key: health checks and load balancers
@@ -61,7 +63,7 @@ class StoreCollector:
     def collect(self):  # type: ignore[no-untyped-def]
         counts = self.store.counts_by_status()
         jobs = GaugeMetricFamily("synthgen_jobs", "jobs by status", labels=["status"])
-        for status in JOB_STATUSES:
+        for status in get_args(JobState):
             jobs.add_metric([status], counts.get(status, 0))
         yield jobs
         totals = self.store.totals()

@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from synthgen.engine.snapshot import RoleUsage, RunSnapshot
 from synthgen.service.store.jobs import JobRow as Job
-
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+from synthgen.spec import JobState
 
 
 class Progress(BaseModel):
@@ -26,13 +26,14 @@ class Progress(BaseModel):
     eta_s: float | None = None
     engine_state: str | None = None
     failures_by_reason: dict[str, int] = Field(default_factory=dict)
-    usage: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    usage: dict[str, RoleUsage] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list)
 
 
 class JobOut(BaseModel):
     id: str
     generator: str
-    status: JobStatus
+    status: JobState
     spec: dict[str, Any] = Field(description="the job spec as submitted, secrets masked")
     out: str = Field(description="output folder, relative to the data root")
     created_at: datetime
@@ -87,18 +88,14 @@ def _ts(value: float | None) -> datetime | None:
 
 
 def progress_of(job: Job) -> Progress:
-    snap = dict(job.progress or {})
-    tokens = sum(int(u.get("prompt_tokens", 0)) + int(u.get("completion_tokens", 0))
-                 for u in (snap.get("usage") or {}).values())
+    snap = job.progress or RunSnapshot(target=job.n)
+    running = job.status == "running"
     return Progress(
-        target=job.n, records=job.records, failed=job.failed, rows=int(snap.get("rows", 0)),
-        in_flight=int(snap.get("in_flight", 0)) if job.status == "running" else 0,
-        requests=int(snap.get("requests", 0)), tokens=tokens,
-        records_per_s=float(snap.get("records_per_s", 0.0)), tokens_per_s=float(snap.get("tokens_per_s", 0.0)),
-        elapsed_s=float(snap.get("elapsed_s", 0.0)),
-        eta_s=snap.get("eta_s") if job.status == "running" else None,
-        engine_state=snap.get("state"), failures_by_reason=snap.get("failures_by_reason") or {},
-        usage=snap.get("usage") or {},
+        target=job.n, records=job.records, failed=job.failed, rows=snap.rows,
+        in_flight=snap.in_flight if running else 0, requests=snap.requests, tokens=job.tokens,
+        records_per_s=snap.records_per_s, tokens_per_s=snap.tokens_per_s, elapsed_s=snap.elapsed_s,
+        eta_s=snap.eta_s if running else None, engine_state=snap.state,
+        failures_by_reason=snap.failures_by_reason, usage=snap.usage, notes=snap.notes,
     )
 
 

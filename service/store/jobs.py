@@ -22,8 +22,10 @@ from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 
+from synthgen.engine.snapshot import RunSnapshot
 from synthgen.service.store.db import connect, make_private, migrate
-from synthgen.service.store.models import FINAL_STATUSES, Job, JobSecretSpec
+from synthgen.service.store.models import Job, JobSecretSpec
+from synthgen.spec import FINAL_JOB_STATES
 
 JOBS = Job.__table__
 SPECS = JobSecretSpec.__table__
@@ -60,7 +62,7 @@ class JobRow:
     records: int
     failed: int
     tokens: int
-    progress: dict[str, Any] | None
+    progress: RunSnapshot | None
     error: str | None
 
 
@@ -184,7 +186,7 @@ class JobStore:
     def get(self, job_id: str) -> JobRow | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(JOBS).where(JOBS.c.id == job_id)).mappings().first()
-        return JobRow(**row) if row else None
+        return _job_row(row) if row else None
 
     def list(self, *, status: str | None = None, generator: str | None = None, limit: int = 50,
              offset: int = 0) -> tuple[list[JobRow], int]:
@@ -197,7 +199,7 @@ class JobStore:
         with self.engine.connect() as conn:
             total = conn.execute(count).scalar() or 0
             rows = conn.execute(q.order_by(JOBS.c.created_at.desc(), JOBS.c.id).limit(limit).offset(offset)).mappings()
-            return [JobRow(**r) for r in rows], total
+            return [_job_row(r) for r in rows], total
 
     def out_in_use(self, out_dir: str) -> bool:
         with self.engine.connect() as s:
@@ -246,7 +248,7 @@ class JobStore:
                 return Claimed(id=job_id, spec_json=row.spec_json, out_dir=row.out_dir, attempts=row.attempts)
         return None
 
-    def heartbeat(self, job_id: str, worker_id: str, progress: dict[str, Any] | None) -> tuple[bool, bool]:
+    def heartbeat(self, job_id: str, worker_id: str, progress: RunSnapshot | None) -> tuple[bool, bool]:
         """Returns (still ours, cancel requested). Not ours = re-queued after a missed heartbeat."""
         now = time.time()
         values: dict[str, Any] = {"heartbeat_at": now, "updated_at": now}
@@ -258,9 +260,9 @@ class JobStore:
             cancel = bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
         return bool(ours), cancel
 
-    def finish(self, job_id: str, worker_id: str, status: str, *, progress: dict[str, Any] | None = None,
+    def finish(self, job_id: str, worker_id: str, status: str, *, progress: RunSnapshot | None = None,
                error: str | None = None) -> bool:
-        assert status in FINAL_STATUSES
+        assert status in FINAL_JOB_STATES
         now = time.time()
         values: dict[str, Any] = {"status": status, "finished_at": now, "updated_at": now, "heartbeat_at": now,
                                   "error": error}
@@ -300,7 +302,7 @@ class JobStore:
         with self.engine.connect() as conn:
             return conn.execute(select(SPECS.c.spec_json).where(SPECS.c.job_id == job_id)).scalar()
 
-    def release(self, job_id: str, worker_id: str, progress: dict[str, Any] | None = None) -> bool:
+    def release(self, job_id: str, worker_id: str, progress: RunSnapshot | None = None) -> bool:
         """Hand a job back to the queue (SIGTERM): another worker resumes it from its checkpoints."""
         now = time.time()
         values: dict[str, Any] = {"status": "queued", "worker_id": None, "heartbeat_at": None, "updated_at": now}
@@ -348,8 +350,14 @@ def _forget_secrets(conn: Connection, job_id: str, *, keep_publish: bool = False
             spec_json=json.dumps(spec, ensure_ascii=False)))
 
 
-def _counters(progress: dict[str, Any]) -> dict[str, Any]:
-    tokens = sum(int(u.get("prompt_tokens", 0)) + int(u.get("completion_tokens", 0))
-                 for u in (progress.get("usage") or {}).values())
-    return {"progress": progress, "records": int(progress.get("records", 0)),
-            "failed": int(progress.get("failed", 0)), "tokens": tokens}
+def _counters(progress: RunSnapshot) -> dict[str, Any]:
+    tokens = sum(u.prompt_tokens + u.completion_tokens for u in progress.usage.values())
+    return {"progress": progress.model_dump(mode="json"), "records": progress.records,
+            "failed": progress.failed, "tokens": tokens}
+
+
+def _job_row(row: Any) -> JobRow:
+    values = dict(row)
+    if values.get("progress") is not None:
+        values["progress"] = RunSnapshot.model_validate(values["progress"])
+    return JobRow(**values)
