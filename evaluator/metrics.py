@@ -80,7 +80,7 @@ def rouge_l(refs: list[str], preds: list[str]) -> list[float]:
     if len(refs) != len(preds):
         raise ValueError(f"{len(refs)} references but {len(preds)} predictions")
     scorer = _scorer()
-    return [scorer.score(ref, pred)["rougeL"].fmeasure * 100 for ref, pred in zip(refs, preds, strict=True)]
+    return [float(scorer.score(ref, pred)["rougeL"].fmeasure) * 100 for ref, pred in zip(refs, preds, strict=True)]
 
 
 def mean(values: Sequence[float]) -> float | None:
