@@ -170,12 +170,11 @@ class Policy:
 
 
 def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Globally routable unicast only: private, loopback, link-local (cloud metadata), shared
+    (CGNAT), reserved, multicast and IPv4-mapped forms of these are all refused."""
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:
-        return False
-    return not (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved
-                or ip.is_unspecified)
+    return ip.is_global and not ip.is_multicast
 
 
 def _is_loopback_host(host: str) -> bool:
