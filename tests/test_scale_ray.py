@@ -15,7 +15,7 @@ import ray  # in the dev extra, so CI runs these tests
 from synthgen.engine.ray_executor import run_job_ray
 from synthgen.engine.runner import run_job
 from synthgen.engine.runs import open_run
-from synthgen.loopback_server import LoopbackServer
+from synthgen.loopback_server import LoopbackServer, japanese_responder, last_user_text
 from synthgen.spec import JobSpec, RoleConfig
 
 
@@ -29,6 +29,14 @@ def ray_cluster():
         ray.shutdown()
 
 
+def answers(body: dict) -> str:
+    """persona-qa replies that pass all its checks, so no record is dropped and both executors
+    must write exactly the first n inputs (with drops, which n win depends on timing)."""
+    text = japanese_responder(body)
+    prompt = last_user_text(body)
+    return text if "問題を一つ作って" in prompt or "追加の質問" in prompt else text + "\n答え：6分"
+
+
 def _spec(srv: LoopbackServer, out, **extra) -> JobSpec:
     return JobSpec(generator="persona-qa", out=str(out), roles={"default": RoleConfig(base_url=srv.base_url, model="m")},
                    **extra)
@@ -40,7 +48,7 @@ def _rows(run_dir) -> list[dict]:
 
 
 def test_ray_gives_the_same_keys_and_rows_as_local(ray_cluster, tmp_path):
-    with LoopbackServer(latency=0.02) as srv:
+    with LoopbackServer(answers, latency=0.02) as srv:
         local = asyncio.run(run_job(_spec(srv, tmp_path / "local", n=12, seed=7)))
         remote = asyncio.run(run_job_ray(_spec(srv, tmp_path / "ray", n=12, seed=7), workers=2))
     assert local.stats.state == remote.stats.state == "succeeded"
@@ -48,6 +56,7 @@ def test_ray_gives_the_same_keys_and_rows_as_local(ray_cluster, tmp_path):
     assert len(b) == 12 and len({r["key"] for r in b}) == 12
     assert [r["key"] for r in a] == [r["key"] for r in b]
     assert a == b
+    assert local.manifest["counts"]["failed"] == 0
     man = open_run(tmp_path / "ray").manifest()
     assert man["executor"] == {"name": "ray", "workers": 2}
     assert man["counts"]["records"] == 12 and man["counts"]["failed"] == 0
@@ -66,7 +75,7 @@ def test_a_killed_worker_process_loses_no_record_and_doubles_none(ray_cluster, t
 
         threading.Timer(0.6, later).start()
 
-    with LoopbackServer(latency=0.15) as srv:
+    with LoopbackServer(answers, latency=0.15) as srv:
         spec = _spec(srv, tmp_path / "run", n=16, concurrency=8, flush_seconds=0.2)
         result = asyncio.run(run_job_ray(spec, workers=2, on_workers=kill_one,
                                          on_flush=lambda s: flushes.append(s.records)))
