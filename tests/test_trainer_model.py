@@ -58,11 +58,12 @@ def test_assembly_clip_and_siglip_token_counts(parts, clip):
     assert clip.model.get_input_embeddings().weight.shape[0] == len(clip.tokenizer)
 
 
-def test_feature_map_towers_are_refused_clearly(parts, tmp_path):
-    from transformers import ConvNextConfig, ConvNextImageProcessor, ConvNextModel
+def test_other_feature_map_towers_are_refused_clearly(parts, tmp_path):
+    """ConvNeXt towers are supported (test_trainer_towers); other 4-D encoders (ResNet) are refused."""
+    from transformers import CLIPImageProcessor, ResNetConfig, ResNetModel
 
-    ConvNextModel(ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], image_size=32)).save_pretrained(tmp_path)
-    ConvNextImageProcessor(size={"shortest_edge": 32}).save_pretrained(tmp_path)
+    ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")).save_pretrained(tmp_path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="ViT-style"):
         assemble(ModelConfig(vision=str(tmp_path), lm=str(parts / "lm")))
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -161,6 +162,7 @@ def test_sources_mix_weights_llava_json_and_packing(parts, clip, tmp_path):
     assert batch["pixel_values"].shape[0] == n_images
     assert int((batch["input_ids"] == clip.image_token_id).sum()) == 16 * n_images
     assert "position_ids" in batch and "attention_mask" not in batch
+    assert sorted(batch.pop("example_ids").tolist()) == sorted(corpus.order.tolist())
     with torch.no_grad():
         loss = clip.model(**batch).loss
     assert torch.isfinite(loss)
@@ -172,6 +174,7 @@ def test_packed_examples_do_not_attend_to_each_other(parts, clip):
     ds = TrainDataset(corpus, [[0, 1], [1]], clip.processor.image_processor)
     packed = collate([ds[0]], clip.tokenizer.pad_token_id)
     alone = collate([ds[1]], clip.tokenizer.pad_token_id)
+    assert packed.pop("example_ids").tolist() == [0, 1] and alone.pop("example_ids").tolist() == [1]
     n0 = len(corpus.examples[0].input_ids)
     with torch.no_grad():
         logits_packed = clip.model(**{k: v for k, v in packed.items() if k != "labels"}, use_cache=False).logits
@@ -189,8 +192,11 @@ def test_config_files_overrides_and_errors(tmp_path):
     (tmp_path / "c.yaml").write_text("output_dir: o\nmodel: {vision: v}\ndata: {sources: []}\n")
     with pytest.raises(ValidationError) as err:
         load_config(tmp_path / "c.yaml")
-    text = str(err.value)
-    assert "model.lm is required" in text and "sources" in text
+    assert "model.lm is required" in str(err.value)
+    (tmp_path / "d.yaml").write_text("output_dir: o\nmodel: {vision: v, lm: l}\ndata: {sources: []}\n")
+    with pytest.raises(ValidationError, match=r"data.sources is empty and stages \['pretrain', 'finetune'\]"):
+        load_config(tmp_path / "d.yaml")
+    load_config(tmp_path / "d.yaml", ["stages.0.sources=[{path: a}]", "stages.1.sources=[{path: b}]"])
     with pytest.raises(ValidationError, match="trains nothing"):
         load_config(tmp_path / "c.toml", ["stages.0.train_projector=false"])
     with pytest.raises(ValidationError, match="repo_id"):

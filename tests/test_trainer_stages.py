@@ -101,12 +101,14 @@ def test_lora_stage_saves_merged_model_and_adapter(parts, tmp_path):
 def test_cached_and_live_features_give_the_same_loss(parts, tmp_path):
     run = Run(TrainConfig.model_validate(config(parts, tmp_path)))
     a = run.ensure_model(None)
-    reader, rows = train_mod._feature_rows(run, Accelerator(cpu=True))
+    sd = run.stage_data(run.cfg.stages[0])
+    reader, rows = train_mod._feature_rows(run, Accelerator(cpu=True), sd)
     assert (rows[:, 0] >= 0).all()
     items = epoch_items(run.corpus, 0, 0, packing=False, max_length=64)[:6]
     live = collate([TrainDataset(run.corpus, items, a.processor.image_processor)[i] for i in range(6)], 0)
     cached = collate([TrainDataset(run.corpus, items, None, reader, rows)[i] for i in range(6)], 0)
     assert "pixel_values" in live and "vision_features" in cached and "pixel_values" not in cached
+    assert "example_ids" in live
     step = StepModule(a.model).eval()
     with torch.no_grad():
         loss_live, loss_cached = step(**live), step(**cached)

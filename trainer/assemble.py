@@ -19,14 +19,20 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForCausalLM,
-    AutoProcessor,
     AutoTokenizer,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaImageProcessor,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextImageProcessor,
+    LlavaNextProcessor,
     LlavaProcessor,
 )
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+from transformers.models.llava_next.modeling_llava_next import LlavaNextMultiModalProjector
 
+from synthgen.trainer import towers
 from synthgen.trainer.chat_format import chat_template
 from synthgen.trainer.config import ModelConfig
 
@@ -35,8 +41,32 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Assembled:
-    model: LlavaForConditionalGeneration
-    processor: LlavaProcessor
+    model: LlavaForConditionalGeneration | LlavaNextForConditionalGeneration
+    processor: LlavaProcessor | LlavaNextProcessor
+
+    @property
+    def anyres(self) -> bool:
+        return isinstance(self.model, LlavaNextForConditionalGeneration)
+
+    @property
+    def supports_feature_cache(self) -> bool:
+        """Cached features are one (tokens, dim) array per image: not anyres, whose tile count varies."""
+        return not self.anyres
+
+    def image_tokens_for(self):
+        """anyres: a function of an image reference giving its token count (else None: a fixed count)."""
+        if not self.anyres:
+            return None
+        proc = self.processor
+        crop = proc.image_processor.crop_size
+        height, width = int(crop["height"]), int(crop["width"])
+        drop = 1 if proc.vision_feature_select_strategy == "default" else 0
+
+        def count(ref) -> int:
+            w, h = ref.size()
+            return proc._get_number_of_features(h, w, height, width) - drop
+
+        return count
 
     @property
     def tokenizer(self):
@@ -57,7 +87,8 @@ def _vision_config(name: str, revision: str | None, trust: bool):
 
 
 def _image_size(vision_cfg, image_processor) -> tuple[int, int]:
-    crop = getattr(image_processor, "crop_size", None) or getattr(image_processor, "size", None) or {}
+    crop = getattr(image_processor, "crop_size", None) if getattr(image_processor, "do_center_crop", True) else None
+    crop = crop or getattr(image_processor, "size", None) or {}
     if isinstance(crop, dict) and "height" in crop:
         return int(crop["height"]), int(crop["width"])
     size = int(getattr(vision_cfg, "image_size", 224))
@@ -67,7 +98,6 @@ def _image_size(vision_cfg, image_processor) -> tuple[int, int]:
 def _probe_tokens(tower, vision_cfg, image_processor, layer: int) -> tuple[int, int]:
     """(tokens the tower emits at `layer`, patch count): their difference is the CLS-like extras."""
     h, w = _image_size(vision_cfg, image_processor)
-    patch = int(vision_cfg.patch_size)
     param = next(tower.parameters())
     with torch.no_grad():
         out = tower(torch.zeros(1, 3, h, w, dtype=param.dtype, device=param.device), output_hidden_states=True,
@@ -75,7 +105,8 @@ def _probe_tokens(tower, vision_cfg, image_processor, layer: int) -> tuple[int, 
     hidden = out.hidden_states[layer]
     if hidden.dim() != 3:
         raise ValueError(f"vision tower {type(tower).__name__} gives {hidden.dim()}-D hidden states; "
-                         "LLaVA needs a ViT-style (batch, tokens, dim) encoder")
+                         "LLaVA needs a ViT-style (batch, tokens, dim) encoder or a ConvNeXt")
+    patch = int(vision_cfg.patch_size)
     return int(hidden.shape[1]), (h // patch) * (w // patch)
 
 
@@ -91,16 +122,28 @@ def assemble(mc: ModelConfig, dtype: torch.dtype = torch.float32) -> Assembled:
         if name:
             _local_or_hub(name)
     if mc.init_from:
-        model = LlavaForConditionalGeneration.from_pretrained(mc.init_from, dtype=dtype,
-                                                              attn_implementation=mc.attn_implementation)
-        processor = AutoProcessor.from_pretrained(mc.init_from)
-        return Assembled(model, processor)
+        from synthgen.trainer.inference import load_model
+
+        loaded = load_model(mc.init_from, dtype=dtype, attn_implementation=mc.attn_implementation,
+                            trust_remote_code=mc.trust_remote_code)
+        return Assembled(loaded.model, loaded.processor)
     assert mc.lm is not None
     trust = mc.trust_remote_code
     vision_cfg = _vision_config(mc.vision, mc.vision_revision, trust)
-    tower = AutoModel.from_pretrained(mc.vision, config=vision_cfg, revision=mc.vision_revision, dtype=dtype,
-                                      trust_remote_code=trust, attn_implementation=mc.attn_implementation)
-    image_processor = AutoImageProcessor.from_pretrained(mc.vision, revision=mc.vision_revision)
+    if towers.is_conv_backbone(vision_cfg):
+        tower, image_processor = _conv_tower(mc, vision_cfg, dtype)
+        vision_cfg = tower.config
+    else:
+        if mc.image_size is not None:
+            raise ValueError("model.image_size applies to ConvNeXt towers only: a ViT's position embeddings fix its "
+                             "input size (use image_aspect_ratio: anyres for high resolution)")
+        tower = AutoModel.from_pretrained(mc.vision, config=vision_cfg, revision=mc.vision_revision, dtype=dtype,
+                                          trust_remote_code=trust, attn_implementation=mc.attn_implementation)
+        image_processor = AutoImageProcessor.from_pretrained(mc.vision, revision=mc.vision_revision)
+        if mc.image_aspect_ratio == "pad":
+            image_processor = _padding_processor(image_processor, _image_size(vision_cfg, image_processor))
+    if mc.conv_extra_stage and not isinstance(tower, towers.ConvTowerModel):
+        raise ValueError("model.conv_extra_stage applies to ConvNeXt towers only")
     lm = AutoModelForCausalLM.from_pretrained(mc.lm, revision=mc.lm_revision, dtype=dtype, trust_remote_code=trust,
                                               attn_implementation=mc.attn_implementation)
     tok = AutoTokenizer.from_pretrained(mc.lm, revision=mc.lm_revision, trust_remote_code=trust)
@@ -111,7 +154,10 @@ def assemble(mc: ModelConfig, dtype: torch.dtype = torch.float32) -> Assembled:
         tok.add_special_tokens({"pad_token": "<pad>"})
     image_id = tok.convert_tokens_to_ids(mc.image_token)
 
-    n_tokens, n_patches = _probe_tokens(tower, vision_cfg, image_processor, mc.vision_feature_layer)
+    layer = mc.vision_feature_layer
+    if layer is None:
+        layer = -1 if isinstance(tower, towers.ConvTowerModel) else -2
+    n_tokens, n_patches = _probe_tokens(tower, vision_cfg, image_processor, layer)
     extra = n_tokens - n_patches
     strategy = mc.vision_feature_select_strategy
     if strategy == "auto":
@@ -121,16 +167,32 @@ def assemble(mc: ModelConfig, dtype: torch.dtype = torch.float32) -> Assembled:
         strategy = "default" if extra == 1 else "full"
     image_seq = n_tokens - (1 if strategy == "default" else 0)
 
-    cfg = LlavaConfig(vision_config=vision_cfg, text_config=lm.config, image_token_index=image_id,
-                      image_seq_length=image_seq, projector_hidden_act=mc.projector_act,
-                      vision_feature_layer=mc.vision_feature_layer, vision_feature_select_strategy=strategy,
-                      tie_word_embeddings=bool(getattr(lm.config, "tie_word_embeddings", False)))
-    with torch.device("meta"):
-        model = LlavaForConditionalGeneration(cfg)
+    anyres = mc.image_aspect_ratio == "anyres"
+    if anyres and isinstance(tower, towers.ConvTowerModel):
+        raise ValueError("anyres tiling is for ViT towers; ConvNeXt towers take the high resolution directly "
+                         "(model.image_size)")
+    common = dict(vision_config=vision_cfg, text_config=lm.config, image_token_index=image_id,
+                  image_seq_length=image_seq, projector_hidden_act=mc.projector_act,
+                  vision_feature_layer=layer, vision_feature_select_strategy=strategy,
+                  tie_word_embeddings=bool(getattr(lm.config, "tie_word_embeddings", False)))
+    if anyres:
+        h, w = _image_size(vision_cfg, image_processor)
+        pinpoints = mc.image_grid_pinpoints or [[h, w], [h, 2 * w], [2 * h, w], [2 * h, 2 * w], [h, 3 * w], [3 * h, w]]
+        cfg = LlavaNextConfig(image_grid_pinpoints=pinpoints, **common)
+        image_processor = _tiling_processor(image_processor, (h, w), pinpoints)
+        with torch.device("meta"):
+            model = LlavaNextForConditionalGeneration(cfg)
+        projector = LlavaNextMultiModalProjector(cfg).to(dtype)
+        hidden = lm.config.hidden_size
+        model.model.image_newline = torch.nn.Parameter(torch.randn(hidden, dtype=dtype) / hidden ** 0.5)
+    else:
+        cfg = LlavaConfig(**common)
+        with torch.device("meta"):
+            model = LlavaForConditionalGeneration(cfg)
+        projector = LlavaMultiModalProjector(cfg).to(dtype)
     model.model.vision_tower = tower
     model.model.language_model = getattr(lm, lm.base_model_prefix)
     model.lm_head = lm.get_output_embeddings()
-    projector = LlavaMultiModalProjector(cfg).to(dtype)
     model.model.multi_modal_projector = projector
     left = [n for n, p in model.named_parameters() if p.is_meta]
     if left:
@@ -144,12 +206,52 @@ def assemble(mc: ModelConfig, dtype: torch.dtype = torch.float32) -> Assembled:
 
     template = chat_template(mc.image_token, mc.system_prompt)
     tok.chat_template = template
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=int(vision_cfg.patch_size),
-                               vision_feature_select_strategy=strategy, chat_template=template,
-                               image_token=mc.image_token, num_additional_image_tokens=extra)
+    proc_cls = LlavaNextProcessor if anyres else LlavaProcessor
+    processor = proc_cls(image_processor=image_processor, tokenizer=tok, patch_size=int(vision_cfg.patch_size),
+                         vision_feature_select_strategy=strategy, chat_template=template,
+                         image_token=mc.image_token, num_additional_image_tokens=extra)
     log.info("assembled LLaVA: vision %s (%d image tokens, strategy %s), lm %s, vocab %d", mc.vision, image_seq,
              strategy, mc.lm, len(tok))
     return Assembled(model, processor)
+
+
+def _processor_basics(ip) -> dict:
+    return {k: getattr(ip, k) for k in ("image_mean", "image_std", "resample", "do_rescale", "rescale_factor",
+                                        "do_normalize", "do_convert_rgb") if getattr(ip, k, None) is not None}
+
+
+def _padding_processor(ip, size: tuple[int, int]) -> LlavaImageProcessor:
+    """LLaVA-1.5's `image_aspect_ratio: pad`: pad to a square in the mean colour, then resize (no crop).
+
+    transformers' LlavaImageProcessor does exactly this with do_pad, and it is saved with the model,
+    so inference pads the same way.
+    """
+    return LlavaImageProcessor(do_pad=True, do_resize=True, size={"height": size[0], "width": size[1]},
+                               do_center_crop=False, **_processor_basics(ip))
+
+
+def _tiling_processor(ip, size: tuple[int, int], pinpoints: list[list[int]]) -> LlavaNextImageProcessor:
+    """LLaVA-NeXT anyres: the image resized onto the best grid of pinpoints, cut into tower-sized tiles,
+    plus the whole image at the tower's size."""
+    return LlavaNextImageProcessor(image_grid_pinpoints=pinpoints, size={"shortest_edge": min(size)},
+                                   crop_size={"height": size[0], "width": size[1]}, do_center_crop=True,
+                                   do_pad=True, **_processor_basics(ip))
+
+
+def _conv_tower(mc: ModelConfig, backbone_cfg, dtype: torch.dtype):
+    """ConvNeXt at mc.image_size (default: the checkpoint's), resized to a square or padded first."""
+    size = mc.image_size or int(getattr(backbone_cfg, "image_size", 224))
+    if mc.image_aspect_ratio == "anyres":
+        raise ValueError("anyres tiling is for ViT towers; ConvNeXt towers take the high resolution directly "
+                         "(model.image_size)")
+    tower = towers.conv_tower(mc.vision, backbone_cfg, mc.conv_extra_stage, mc.conv_extra_stage_depth, size,
+                              revision=mc.vision_revision, dtype=dtype)
+    if size % tower.config.patch_size:
+        raise ValueError(f"model.image_size {size} must be a multiple of the tower's stride {tower.config.patch_size}")
+    base = AutoImageProcessor.from_pretrained(mc.vision, revision=mc.vision_revision)
+    ip = LlavaImageProcessor(do_pad=mc.image_aspect_ratio == "pad", do_resize=True,
+                             size={"height": size, "width": size}, do_center_crop=False, **_processor_basics(base))
+    return tower, ip
 
 
 @torch.no_grad()

@@ -25,12 +25,23 @@ class ModelConfig(Strict):
     vision_revision: str | None = None
     lm_revision: str | None = None
     projector_act: str = "gelu"
-    vision_feature_layer: int = -2
+    vision_feature_layer: int | None = Field(None, description="default -2 (penultimate) for ViTs, -1 (last "
+                                             "stage) for ConvNeXt")
     vision_feature_select_strategy: Literal["auto", "default", "full"] = "auto"
     image_token: str = "<image>"
     system_prompt: str | None = None
     attn_implementation: str | None = None
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(False, description="run the LM's / tower's own modeling code (Tanuki needs it); "
+                                    "the REST service allows it only where the server permits")
+    image_aspect_ratio: Literal["resize", "pad", "anyres"] = Field(
+        "resize", description="resize: the tower's own preprocessing; pad: pad to a square with the mean colour "
+        "first (LLaVA-1.5); anyres: tiles on a grid of image_grid_pinpoints (LLaVA-NeXT)")
+    image_grid_pinpoints: list[list[int]] | None = Field(
+        None, description="anyres grid resolutions [[h, w], ...]; default: 1x1..3x1 tiles of the tower's size")
+    image_size: int | None = Field(None, ge=32, description="input resolution for ConvNeXt towers (e.g. 768, 1024)")
+    conv_extra_stage: bool = Field(False, description="ConvNeXt: add a 5th stage (ConvLLaVA), halving each side "
+                                   "again: 768 px -> 12x12 = 144 image tokens")
+    conv_extra_stage_depth: int = Field(3, ge=1)
 
     @model_validator(mode="after")
     def _sources(self) -> ModelConfig:
@@ -51,12 +62,13 @@ class SourceConfig(Strict):
 
 
 class DataConfig(Strict):
-    sources: list[SourceConfig] = Field(min_length=1)
+    sources: list[SourceConfig] = Field(default_factory=list, description="the stages' data unless a stage names its own")
     max_length: int = Field(2048, ge=16)
     packing: bool = False
     num_workers: int = Field(2, ge=0)
     prefetch_factor: int = Field(4, ge=1)
     seed: int = 0
+    record_seen: bool = Field(True, description="log which rows each stage trained on (run_dir/data/<stage>.seen*)")
 
 
 class LoraConfig(Strict):
@@ -81,6 +93,10 @@ class StageConfig(Strict):
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     max_grad_norm: float | None = 1.0
+    optimizer: Literal["adamw", "adamw_8bit", "adafactor"] = Field(
+        "adamw", description="adamw_8bit needs a CUDA GPU and bitsandbytes")
+    sources: list[SourceConfig] | None = Field(None, min_length=1,
+                                               description="this stage's data; default: data.sources")
     cached_features: bool = Field(True, description="use the on-disk vision feature cache when the vision tower is frozen")
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
@@ -94,6 +110,11 @@ class StageConfig(Strict):
     def uses_cache(self) -> bool:
         return self.cached_features and not self.train_vision
 
+    @property
+    def needs_images(self) -> bool:
+        """With the LM frozen, only image rows reach a trainable weight: text-only rows give no gradient."""
+        return self.train_lm == "frozen"
+
 
 def default_stages() -> list[StageConfig]:
     return [
@@ -106,6 +127,14 @@ class HubConfig(Strict):
     repo_id: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
     private: bool = True
     token_env: str = "HF_TOKEN"
+
+
+class EvalConfig(Strict):
+    """Run synthgen's evaluator on the final model (when the evaluator is installed)."""
+
+    tasks: list[str] = Field(default_factory=list, description="evaluator task names; empty: its defaults")
+    limit: int | None = Field(None, ge=1, description="items per benchmark")
+    options: dict[str, Any] = Field(default_factory=dict, description="passed on to the evaluator as is")
 
 
 class TrainConfig(Strict):
@@ -127,6 +156,7 @@ class TrainConfig(Strict):
     deepspeed: str | None = Field(None, description="DeepSpeed JSON config (zero2/zero3 shipped in synthgen/trainer/configs)")
     report_to: list[Literal["tensorboard"]] = Field(default_factory=lambda: ["tensorboard"])
     push_to_hub: HubConfig | None = None
+    eval: EvalConfig | None = None
 
     @field_validator("deepspeed")
     @classmethod
@@ -148,6 +178,24 @@ class TrainConfig(Strict):
             if json.loads(Path(self.deepspeed).read_text()).get("zero_optimization", {}).get("stage") == 3:
                 raise ValueError("merging LoRA under ZeRO-3 is not supported: use zero2 or merge_lora: false")
         return self
+
+    @model_validator(mode="after")
+    def _every_stage_has_data(self) -> TrainConfig:
+        if not self.data.sources:
+            bare = [s.name for s in self.stages if not s.sources]
+            if bare:
+                raise ValueError(f"data.sources is empty and stages {bare} name no sources of their own")
+        return self
+
+    @model_validator(mode="after")
+    def _towers_and_resolution(self) -> TrainConfig:
+        mc = self.model
+        if mc.image_grid_pinpoints and mc.image_aspect_ratio != "anyres":
+            raise ValueError("model.image_grid_pinpoints needs model.image_aspect_ratio: anyres")
+        return self
+
+    def stage_sources(self, stage: StageConfig) -> list[SourceConfig]:
+        return stage.sources or self.data.sources
 
     @field_validator("stages")
     @classmethod

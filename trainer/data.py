@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from synthgen.trainer.chat_format import content_text, segments
-from synthgen.trainer.config import DataConfig
+from synthgen.trainer.config import DataConfig, SourceConfig
 from synthgen.trainer.sources import ImageRef, Source
 
 IGNORE = -100
@@ -37,13 +38,16 @@ class Encoder:
     num_image_tokens: int
     max_length: int
     system_prompt: str | None = None
+    image_tokens_for: Callable[[ImageRef], int] | None = None  # anyres: the count depends on the image's size
 
     def __post_init__(self) -> None:
         tok = self.tokenizer
         bos = tok.bos_token_id
         self.prefix = [bos] if bos is not None and tok("x").input_ids[:1] == [bos] else []
 
-    def encode(self, messages: list[dict[str, Any]] | None, has_image: bool) -> tuple[list[int], list[int]]:
+    def encode(self, messages: list[dict[str, Any]] | None, has_image: bool,
+               num_image_tokens: int | None = None) -> tuple[list[int], list[int]]:
+        n_tokens = num_image_tokens or self.num_image_tokens
         if not messages:
             raise SkipRecord("no messages")
         if not any(m.get("role") == "assistant" for m in messages):
@@ -57,8 +61,8 @@ class Encoder:
             for k, piece in enumerate(pieces):
                 if k:
                     n_images += 1
-                    ids.extend([self.image_token_id] * self.num_image_tokens)
-                    labels.extend([IGNORE] * self.num_image_tokens)
+                    ids.extend([self.image_token_id] * n_tokens)
+                    labels.extend([IGNORE] * n_tokens)
                 if piece:
                     toks = self.tokenizer(piece, add_special_tokens=False).input_ids
                     ids.extend(toks)
@@ -104,8 +108,9 @@ class Corpus:
         return self.sources[ex.source].image(ex.row) if ex.has_image else None
 
 
-def build_corpus(cfg: DataConfig, encoder: Encoder) -> Corpus:
-    sources = [Source(s) for s in cfg.sources]
+def build_corpus(cfg: DataConfig, encoder: Encoder, source_cfgs: list[SourceConfig] | None = None) -> Corpus:
+    """Tokenize every source of a stage (default: data.sources) and lay out the weighted order."""
+    sources = [Source(s) for s in (source_cfgs or cfg.sources)]
     examples: list[Example] = []
     skipped: Counter = Counter()
     per_source: list[list[int]] = []
@@ -114,7 +119,13 @@ def build_corpus(cfg: DataConfig, encoder: Encoder) -> Corpus:
         has_images = src.image_flags()
         for row, msgs in enumerate(src.messages()):
             try:
-                ids, labels = encoder.encode(msgs, has_images[row])
+                n_tokens = None
+                if has_images[row] and encoder.image_tokens_for is not None and msgs:
+                    try:
+                        n_tokens = encoder.image_tokens_for(src.image(row))
+                    except (OSError, ValueError) as exc:
+                        raise SkipRecord("image unreadable") from exc
+                ids, labels = encoder.encode(msgs, has_images[row], n_tokens)
             except SkipRecord as exc:
                 skipped[str(exc)] += 1
                 continue
@@ -193,19 +204,39 @@ class TrainDataset(torch.utils.data.Dataset):
                 else:
                     images.append(self.corpus.image_ref(ex).load())
         item: dict[str, Any] = {"input_ids": torch.from_numpy(np.concatenate(ids).astype(np.int64)),
-                                "labels": torch.from_numpy(np.concatenate(labels).astype(np.int64))}
+                                "labels": torch.from_numpy(np.concatenate(labels).astype(np.int64)),
+                                "example_ids": torch.tensor(self.items[i], dtype=torch.long)}
         if len(self.items[i]) > 1:
             item["position_ids"] = torch.from_numpy(np.concatenate(pos))
         if images and self.features is not None:
             item["vision_features"] = torch.from_numpy(np.stack(images))
         elif images:
-            item["pixel_values"] = self.image_processor(images, return_tensors="pt")["pixel_values"]
+            processed = self.image_processor(images, return_tensors="pt")
+            item["pixel_values"] = processed["pixel_values"]
+            if "image_sizes" in processed:  # anyres (LLaVA-NeXT): tiles per image depend on its size
+                item["image_sizes"] = torch.as_tensor(processed["image_sizes"])
         return item
 
 
-def epoch_items(corpus: Corpus, epoch: int, seed: int, packing: bool, max_length: int) -> list[list[int]]:
-    order = corpus.order[np.random.default_rng([seed, epoch]).permutation(len(corpus.order))]
-    return pack(corpus, order, max_length) if packing else [[int(i)] for i in order]
+def stage_order(corpus: Corpus, needs_images: bool) -> tuple[np.ndarray, int]:
+    """The weighted order a stage trains on, and how many text-only rows it leaves out.
+
+    A stage that trains neither the LM nor anything the text passes through (projector and/or
+    tower only) gets no gradient from a text-only row: such rows are dropped up front (and
+    counted) instead of producing a loss with no grad path — the `element 0 of tensors does
+    not require grad` crash — or diluting the image rows' loss in a mixed batch.
+    """
+    if not needs_images:
+        return corpus.order, 0
+    keep = np.fromiter((corpus.examples[i].has_image for i in corpus.order.tolist()), bool, len(corpus.order))
+    return corpus.order[keep], int((~keep).sum())
+
+
+def epoch_items(corpus: Corpus, epoch: int, seed: int, packing: bool, max_length: int,
+                order: np.ndarray | None = None) -> list[list[int]]:
+    base = corpus.order if order is None else order
+    perm = base[np.random.default_rng([seed, epoch]).permutation(len(base))]
+    return pack(corpus, perm, max_length) if packing else [[int(i)] for i in perm]
 
 
 def collate(batch: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -227,8 +258,12 @@ def collate(batch: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]
             pos[r, :k] = b.get("position_ids", torch.arange(k))
         out["position_ids"] = pos
         del out["attention_mask"]
-    for key in ("pixel_values", "vision_features"):
+    for key in ("pixel_values", "vision_features", "image_sizes"):
         parts = [b[key] for b in batch if key in b]
+        if parts and key == "pixel_values" and parts[0].dim() == 5:  # anyres: pad the tile axis (unread beyond a size's tiles)
+            most = max(p.shape[1] for p in parts)
+            parts = [torch.nn.functional.pad(p, (0, 0, 0, 0, 0, 0, 0, most - p.shape[1])) for p in parts]
         if parts:
             out[key] = torch.cat(parts)
+    out["example_ids"] = torch.cat([b["example_ids"] for b in batch if "example_ids" in b] or [torch.zeros(0, dtype=torch.long)])
     return out

@@ -15,9 +15,16 @@ from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
     CLIPVisionModel,
+    ConvNextConfig,
+    ConvNextImageProcessor,
+    ConvNextModel,
     LlamaConfig,
     LlamaForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
     PreTrainedTokenizerFast,
+    Qwen2MoeConfig,
+    Qwen2MoeForCausalLM,
     SiglipImageProcessor,
     SiglipVisionConfig,
     SiglipVisionModel,
@@ -55,21 +62,37 @@ def save_vision(out: Path, kind: str = "clip", image_size: int = 32, patch_size:
     elif kind == "siglip":
         SiglipVisionModel(SiglipVisionConfig(**common)).save_pretrained(out)
         SiglipImageProcessor(size=crop).save_pretrained(out)
+    elif kind == "convnext":  # ConvNeXt family (ConvLLaVA): stride 4 stem, then x2 per stage
+        ConvNextModel(ConvNextConfig(num_channels=3, num_stages=layers, hidden_sizes=[hidden * 2 ** i for i in range(layers)],
+                                     depths=[1] * layers, image_size=image_size)).save_pretrained(out)
+        ConvNextImageProcessor(size={"shortest_edge": image_size}).save_pretrained(out)
     else:
         raise ValueError(f"unknown vision kind {kind!r}")
     return Path(out)
 
 
+LM_FAMILIES = {"llama": (LlamaConfig, LlamaForCausalLM), "mixtral": (MixtralConfig, MixtralForCausalLM),
+               "qwen2_moe": (Qwen2MoeConfig, Qwen2MoeForCausalLM)}
+
+
 def save_lm(out: Path, corpus: Iterable[str], hidden: int = 64, layers: int = 2, heads: int = 4,
             kv_heads: int | None = None, intermediate: int | None = None, vocab_size: int = 400,
-            max_positions: int = 512, seed: int = 0) -> Path:
+            max_positions: int = 512, seed: int = 0, family: str = "llama", experts: int = 4) -> Path:
+    """A random causal LM of a family: llama (TinyLlama, Llama-3, llm-jp), or the MoE stand-ins for
+    Tanuki-8x8B: mixtral (top-2 of `experts`) and qwen2_moe (plus a shared expert)."""
     tok = train_tokenizer(corpus, out, vocab_size=vocab_size)
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate or 2 * hidden,
-                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
-                      max_position_embeddings=max_positions, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
-    LlamaForCausalLM(cfg).save_pretrained(out)
+    config_cls, model_cls = LM_FAMILIES[family]
+    kw = dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate or 2 * hidden,
+              num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
+              max_position_embeddings=max_positions, bos_token_id=tok.bos_token_id,
+              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    if family == "mixtral":
+        kw.update(num_local_experts=experts, num_experts_per_tok=2)
+    elif family == "qwen2_moe":
+        kw.update(num_experts=experts, num_experts_per_tok=2, moe_intermediate_size=hidden,
+                  shared_expert_intermediate_size=hidden, decoder_sparse_step=1)
+    model_cls(config_cls(**kw)).save_pretrained(out)
     return Path(out)
 
 
@@ -118,22 +141,68 @@ def shapes_rows(n: int, seed: int = 0, size: int = 32) -> dict[str, list]:
     return {"image": images, "messages": messages, "colour": colours}
 
 
-def save_shapes_dataset(out: Path, n: int, seed: int = 0, size: int = 32) -> Path:
-    """`datasets.load_from_disk`-able folder with the schema synthgen's engine writes."""
-    import datasets
+TEXT_QA = [("三足す四は？", "七です。"), ("赤と青を混ぜると？", "紫です。"), ("丸の反対は？", "四角です。"),
+           ("一週間は何日？", "七日です。")]
 
+
+def save_shapes_dataset(out: Path, n: int, seed: int = 0, size: int = 32, text_only: int = 0,
+                        width: int | None = None) -> Path:
+    """`datasets.load_from_disk`-able folder with the schema synthgen's engine writes.
+
+    `text_only` rows (no image, a short Japanese Q&A) are interleaved with the image rows, as a
+    persona-qa run mixed into an image run gives; `width` makes images wider than tall (anyres).
+    """
+    import io
+
+    import datasets
+    from PIL import Image
+
+    rows = shapes_rows(n, seed, size)
+    if width:
+        for img in rows["image"]:
+            with Image.open(io.BytesIO(img["bytes"])) as im:
+                buf = io.BytesIO()
+                im.resize((width, size)).save(buf, format="PNG")
+            img["bytes"] = buf.getvalue()
+    for k in range(text_only):
+        q, a = TEXT_QA[k % len(TEXT_QA)]
+        at = min(len(rows["image"]), (k + 1) * max(1, n // max(1, text_only)))
+        rows["image"].insert(at, None)
+        rows["messages"].insert(at, [{"role": "user", "content": q}, {"role": "assistant", "content": a}])
+        rows["colour"].insert(at, "")
     features = datasets.Features({
         "image": datasets.Image(),
         "messages": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
         "colour": datasets.Value("string"),
     })
-    datasets.Dataset.from_dict(shapes_rows(n, seed, size), features=features).save_to_disk(str(out))
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(out))
     return Path(out)
+
+
+def save_llava_json(out: Path, n: int, seed: int = 0, size: int = 32, answer: str = "詳しく") -> Path:
+    """LLaVA conversation JSON (images as files beside it): the format LLaVA / LLaVA-JP data ships in."""
+    import json
+
+    import numpy as np
+
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = list(COLOURS)
+    rows = []
+    for i in range(n):
+        colour, shape = names[int(rng.integers(len(names)))], SHAPES[int(rng.integers(len(SHAPES)))]
+        shape_image(colour, shape, rng, size).save(out / "images" / f"{i}.png")
+        rows.append({"id": str(i), "image": f"images/{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\n" + QUESTION},
+            {"from": "gpt", "value": f"{colour}です。{answer}は{shape}です。"}]})
+    (out / "data.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    return out / "data.json"
 
 
 def shapes_corpus() -> list[str]:
     """Text to train the smoke tokenizer on: every phrase the shapes data and chat format use."""
-    out = [QUESTION]
+    out = [QUESTION, *(q + a for q, a in TEXT_QA)]
     for c in COLOURS:
         for s in SHAPES:
             out.append(f"{c}です。{c}い{s}が描かれています。")

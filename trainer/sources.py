@@ -40,6 +40,11 @@ class ImageRef:
         with Image.open(io.BytesIO(self.read())) as img:
             return img.convert("RGB")
 
+    def size(self) -> tuple[int, int]:
+        """(width, height) from the header alone (anyres token counts need it before any decoding)."""
+        with Image.open(io.BytesIO(self.read())) as img:
+            return img.size
+
     def digest(self) -> str:
         return hashlib.sha256(self.read()).hexdigest()
 
