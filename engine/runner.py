@@ -255,9 +255,9 @@ async def _drive(spec: JobSpec, gen: plugin.Generator, params: Any, prompts: Pro
     for index, item in enumerate(itertools.islice(inputs, spec.input_budget)):
         if enough.is_set() or stop.is_set() or stop_all.is_set():
             break
-        stats.inputs_read = index + 1
         key = record_key(gen.name, item, spec.seed)
         if key in done:
+            stats.inputs_read = index + 1
             continue
         while not admit() and not enough.is_set() and not stop.is_set() and not stop_all.is_set():
             changed.clear()
@@ -266,6 +266,7 @@ async def _drive(spec: JobSpec, gen: plugin.Generator, params: Any, prompts: Pro
             await flush_if_due()
         if enough.is_set() or stop.is_set() or stop_all.is_set():
             break
+        stats.inputs_read = index + 1
         stats.in_flight += 1
         task = asyncio.create_task(one(index, key, item))
         tasks.add(task)
