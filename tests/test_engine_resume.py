@@ -19,9 +19,9 @@ from typing import Any
 import datasets
 import orjson
 import pytest
+from gen_responders import persona_qa_responder
 from pydantic import BaseModel
 
-from gen_responders import persona_qa_responder
 from synthgen.engine.checkpoint import ProvenanceChanged, RunExists
 from synthgen.engine.plugin import Generator, InputContext, RecordContext
 from synthgen.engine.runner import RunStats, run_job
