@@ -12,6 +12,7 @@ plain 「正確さ: 4」 lines.
 from __future__ import annotations
 
 import ast
+import asyncio
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -181,6 +182,8 @@ class Judge:
         self.prompts = Prompts("quality")
         self.structured = params.structured and role.config.engine == "openai"
         self.structured_refused = False
+        self._structured_ok = False
+        self._probe: asyncio.Lock | None = None
 
     def messages(self, question: str, answer: str, reference: str | None, image: bytes | None) -> list[Any]:
         prompt = self.prompts.render("judge", question=question, answer=answer, reference=reference or "")
@@ -194,14 +197,26 @@ class Judge:
         messages = self.messages(question, answer, reference, image)
         sampling: dict[str, Any] = {"max_tokens": self.params.max_tokens, "temperature": self.params.temperature}
         if self.structured and not self.structured_refused:
-            fmt = {"type": "json_schema", "json_schema": {
-                "name": "quality_judgement", "strict": True, "schema": judgement_schema(bool(reference))}}
-            try:
-                result = await self.role.chat(messages, response_format=fmt, **sampling)
-                return parse_judgement(result.text)
-            except RequestError as exc:
-                if exc.reason not in ("http_400", "http_422"):
-                    raise
-                self.structured_refused = True  # this server has no structured output: ask plainly
+            with_ref = bool(reference)
+            if self._structured_ok:
+                return parse_judgement(await self._structured(messages, sampling, with_ref))
+            # Until one structured request has gone through, requests go one at a time, so a
+            # server without response_format refuses once rather than once per record in flight.
+            self._probe = self._probe or asyncio.Lock()
+            async with self._probe:
+                if not self.structured_refused:
+                    try:
+                        text = await self._structured(messages, sampling, with_ref)
+                        self._structured_ok = True
+                        return parse_judgement(text)
+                    except RequestError as exc:
+                        if exc.reason not in ("http_400", "http_422"):
+                            raise
+                        self.structured_refused = True  # no structured output here: ask plainly
         result = await self.role.chat(messages, **sampling)
         return parse_judgement(result.text)
+
+    async def _structured(self, messages: list[Any], sampling: dict[str, Any], with_reference: bool) -> str:
+        fmt = {"type": "json_schema", "json_schema": {
+            "name": "quality_judgement", "strict": True, "schema": judgement_schema(with_reference)}}
+        return (await self.role.chat(messages, response_format=fmt, **sampling)).text

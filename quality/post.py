@@ -72,3 +72,58 @@ async def apply_quality_async(run_dir: str | Path, steps: list[Any], *, roles: M
 def apply_quality(run_dir: str | Path, steps: list[Any], **kwargs: Any) -> dict[str, Any]:
     """Synchronous form (its own event loop): for threads and the CLI."""
     return asyncio.run(apply_quality_async(run_dir, steps, **kwargs))
+
+
+async def run_for_job(store: Any, job_id: str, worker_id: str, out: Path, spec: Any, settings: Any,
+                      progress: dict[str, Any]) -> str | None:
+    """The worker's call after a job's run succeeded: curate in a thread while the job's lease
+    is kept alive by heartbeats; returns an error message (the job then fails) or None.
+    The manifest lands in `<out>/quality/manifest.json`, where the dashboard finds it."""
+    import logging
+
+    log = logging.getLogger("synthgen.quality")
+    task = asyncio.create_task(asyncio.to_thread(
+        apply_quality, out, spec.quality, roles=spec.roles, data_root=Path(settings.data_root)))
+    beat = float(getattr(settings, "heartbeat_s", 5.0))
+    while not task.done():
+        await asyncio.wait({task}, timeout=beat)
+        if not task.done():
+            try:
+                await asyncio.to_thread(store.heartbeat, job_id, worker_id, progress)
+            except Exception:  # a missed beat is retried at the next interval
+                log.exception("job %s: heartbeat during quality steps failed", job_id)
+    try:
+        manifest = task.result()
+    except Exception as exc:  # the run's own dataset stays; only the curated copy is missing
+        log.error("job %s: quality steps failed: %s", job_id, exc)
+        return f"quality steps failed: {type(exc).__name__}: {str(exc)[:300]}"
+    log.info("job %s: quality %d -> %d records, dropped %s", job_id, manifest["input_rows"],
+             manifest["output_rows"], manifest["dropped"])
+    return None
+
+
+def quality_view(out_dir: str | Path) -> dict[str, Any] | None:
+    """What the dashboard shows for a job's curation: drops by reason, steps, chart files."""
+    import orjson
+
+    folder = Path(out_dir) / QUALITY_DIR
+    try:
+        manifest = orjson.loads((folder / "manifest.json").read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    try:
+        charts = orjson.loads((folder / "report" / "charts.json").read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        charts = []
+    return {"input_rows": manifest.get("input_rows", 0), "output_rows": manifest.get("output_rows", 0),
+            "dropped": sorted((manifest.get("dropped") or {}).items(), key=lambda kv: -kv[1]),
+            "by_step": manifest.get("by_step") or {}, "charts": charts}
+
+
+def chart_path(out_dir: str | Path, name: str) -> Path | None:
+    """A chart of the job's report, only by a name its charts.json lists (no path from the URL)."""
+    view = quality_view(out_dir)
+    if view is None or name not in {c.get("file") for c in view["charts"]}:
+        return None
+    path = Path(out_dir) / QUALITY_DIR / "report" / name
+    return path if path.is_file() else None

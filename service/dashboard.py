@@ -12,9 +12,10 @@ from typing import Annotated, Any, get_args
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from synthgen.quality.post import chart_path, quality_view
 from synthgen.service.api.auth import COOKIE, key_ok, presented_key
 from synthgen.service.api.jobs import get_job, image_response, preview
 from synthgen.service.api.schemas import job_out
@@ -79,8 +80,19 @@ def job_page(request: Request, job_id: str, offset: Annotated[int, Query(ge=0)] 
     failures = sorted(job.progress.failures_by_reason.items(), key=lambda kv: -kv[1])
     return templates.TemplateResponse(request, "job.html", {
         "job": job, "samples": samples, "total_rows": page.total, "offset": offset, "page_size": 12,
-        "failures": failures, "live": job.status in LIVE,
+        "failures": failures, "live": job.status in LIVE, "quality": quality_view(row.out_dir),
         "spec_json": json.dumps(job.spec, ensure_ascii=False, indent=2)})
+
+
+@router.get("/jobs/{job_id}/quality/{name}")
+def job_quality_chart(request: Request, job_id: str, name: str) -> Response:
+    """A PNG of the job's curation report (synthgen.quality)."""
+    if not _authorised(request):
+        raise HTTPException(401, "login required")
+    path = chart_path(get_job(request, job_id).out_dir, name)
+    if path is None:
+        raise HTTPException(404, "no such chart")
+    return FileResponse(path, media_type="image/png")
 
 
 @router.get("/jobs/{job_id}/records/{index}/images/{k}")
