@@ -22,5 +22,5 @@ def confine(out: str | None, data_root: Path, job_id: str) -> Path:
     candidate = raw if raw.is_absolute() else root / raw
     resolved = candidate.resolve()  # follows symlinks, so a link out of the root is caught too
     if resolved == root or not resolved.is_relative_to(root):
-        raise PathEscape(f"out must be a folder inside the data root ({root})")
+        raise PathEscape("out must be a folder inside the data root")
     return resolved
