@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 
 import datasets
+import eval_data
 import pytest
 import torch
 from typer.testing import CliRunner
 
-import eval_data
 from synthgen.evaluator import compare
 from synthgen.evaluator.metrics import rouge_l
 from synthgen.evaluator.runner import evaluate

@@ -85,7 +85,11 @@ def _training_model(request: Request, training_id: str) -> tuple[Path, str]:
     out = (row.get("config") or {}).get("output_dir")
     if not isinstance(out, str):
         raise invalid(["body", "after_training"], "that training names no output_dir")
-    return Path(row["run_dir"]), _confine(out, _root(request), ["body", "after_training"])
+    root = _root(request)
+    resolved = (Path(out) if out.startswith("/") else root / out).resolve()  # an output: always under the root
+    if resolved == root or not resolved.is_relative_to(root):
+        raise invalid(["body", "after_training"], "that training's output_dir is outside the data root", "path_escape")
+    return Path(row["run_dir"]), str(resolved)
 
 
 def _out(run_dir: Path) -> EvaluationOut:
