@@ -26,11 +26,12 @@ from pydantic import SecretStr
 from synthgen import policy
 from synthgen.engine.runner import RunResult, RunStats, install_fast_loop, run_job
 from synthgen.engine.runs import Run
+from synthgen.service import chain
 from synthgen.service.scrub import scrub_run, scrub_text
 from synthgen.service.store import JobStore
 from synthgen.service.store.jobs import Claimed
 from synthgen.settings import Settings, get_settings
-from synthgen.spec import JobSpec
+from synthgen.spec import FINAL_JOB_STATES, JobSpec
 
 log = logging.getLogger("synthgen.worker")
 # After a cancel or SIGTERM the engine gets this long to flush and return before its task
@@ -174,7 +175,8 @@ async def run_claimed(store: JobStore, job: Claimed, settings: Settings, worker_
         return "failed"
     out = Path(job.out_dir)
     resume = Run(out).started
-    spec = spec.model_copy(update={"out": str(out), "resume": resume})
+    # `publish` is a chain step run after success by synthgen.service.chain, not by the engine.
+    spec = spec.model_copy(update={"out": str(out), "resume": resume, "publish": None})
     log.info("job %s: %s n=%d attempt %d%s", job.id, spec.generator, spec.n, job.attempts,
              " (resuming from checkpoints)" if resume else "")
     stats = RunStats(target=spec.n)
@@ -253,6 +255,8 @@ async def run_claimed(store: JobStore, job: Claimed, settings: Settings, worker_
         final = "queued"
         await asyncio.to_thread(store.release, job.id, worker_id, snapshot)
     log.info("job %s: %s (%d/%d records)", job.id, final, stats.records, spec.n)
+    if final in FINAL_JOB_STATES:  # webhooks; after success: publish, then train (synthgen.service.chain)
+        await asyncio.to_thread(chain.after_job, store, settings, job.id, job.spec_json, job.out_dir, final)
     return final
 
 

@@ -144,6 +144,9 @@ def create_app(settings: Settings | None = None, store: JobStore | None = None) 
     from synthgen.service.api import evaluations  # evaluations: own processes, like trainings
 
     app.include_router(evaluations.router, prefix="/v1", dependencies=guarded, responses=common)
+    from synthgen.service.api import publish  # POST /v1/jobs/{id}/publish (synthgen.publish)
+
+    app.include_router(publish.router, prefix="/v1", dependencies=guarded, responses=common)
     return app
 
 

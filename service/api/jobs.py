@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from synthgen.engine import plugin
 from synthgen.engine.roles import resolve_roles, with_smoke_defaults
 from synthgen.policy import Policy, bad_text, check_params, check_roles
+from synthgen.service import chain
 from synthgen.service.api import records
 from synthgen.service.api.paths import PathEscape, confine
 from synthgen.service.api.schemas import JobOut, JobPage, RecordsPage, job_out
@@ -102,6 +103,9 @@ async def create_job(spec: Annotated[JobSpec, Body(openapi_examples=EXAMPLES)], 
     if violations:
         raise HTTPException(422, detail=[v.as_error() for v in violations])
     spec = with_smoke_defaults(spec, resolved)
+    chained = spec.publish or spec.then or spec.webhooks  # the steps after success (synthgen.service.chain)
+    if chained and (errors := await run_in_threadpool(chain.chain_errors, spec, request.app.state.settings)):
+        raise HTTPException(422, detail=errors)
     job_id = new_job_id()
     out = confine_out(request, spec.out, job_id)
     if spec.out:  # a folder of the user's choosing: check it on a thread (file system + a query)
@@ -190,7 +194,10 @@ async def read_job(request: Request, job_id: JobId) -> JobOut:
         job = get_job(request, job_id)
     else:
         job = await run_in_threadpool(get_job, request, job_id)
-    return job_out(job, request.app.state.root_prefix)
+    out = job_out(job, request.app.state.root_prefix)
+    if job.spec.get("publish") or job.spec.get("then"):  # each chained step's state
+        out.chain = chain.read_steps(request.app.state.settings.data_root, job.id)
+    return out
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses={

@@ -44,6 +44,8 @@ class JobOut(BaseModel):
     cancel_requested: bool = False
     error: str | None = None
     progress: Progress
+    chain: list[dict[str, Any]] | None = Field(
+        None, description="steps after success (publish, train): name, state, error, result; on GET /v1/jobs/{id}")
 
 
 class JobPage(BaseModel):
