@@ -115,7 +115,7 @@ class Retrier:
 
 
 @contextlib.contextmanager
-def _transfer_protocol(endpoint: str) -> Iterator[None]:
+def transfer_protocol(endpoint: str) -> Iterator[None]:
     """Xet on huggingface.co (its default), LFS basic transfer on any other endpoint."""
     use_xet = endpoint.split("://", 1)[-1].split("/")[0].endswith("huggingface.co")
     old = constants.HF_HUB_DISABLE_XET
@@ -187,7 +187,7 @@ def push(run_dir: str | Path, repo_id: str, *, config: str | None = None, split:
     assert inputs is not None
     api = HfApi(endpoint=endpoint, token=token, library_name="synthgen")
     sent = skipped = commits = 0
-    with _transfer_protocol(endpoint):
+    with transfer_protocol(endpoint):
         retry("create repo", api.create_repo, repo_id, repo_type="dataset", private=private, exist_ok=True)
         remote = _remote_files(api, repo_id, staged.config, retry)
         todo: list[tuple[str, Path, int]] = []

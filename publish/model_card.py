@@ -83,7 +83,8 @@ def build_model_card(config: Any, *, existing: str | None = None, datasets_used:
     body = env.get_template(TEMPLATE.name).render(
         name=name, base=base, model=model, datasets=datasets_list, stages=cfg.get("stages") or [],
         stages_data=stages_data or [], scores=flat, precision=cfg.get("precision"), seed=cfg.get("seed"))
-    text = f"---\n{data.to_yaml()}\n---\n{body}"
+    kept = card.text.strip() if card and card.text else ""  # the user's own words stay above ours
+    text = f"---\n{data.to_yaml()}\n---\n" + (f"{kept}\n\n" if kept else "") + body
     ModelCard(text, ignore_metadata_errors=False)  # parses with huggingface_hub, or raises
     return text
 

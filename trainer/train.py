@@ -565,8 +565,9 @@ def run_training(cfg: TrainConfig) -> Path:
             write_status(run.run_dir, eval=run_eval(out, cfg.eval, run.run_dir / "eval"))
         if cfg.push_to_hub:
             from synthgen.trainer.hub import push_model
+            from synthgen.trainer.progress import read_status
 
-            push_model(out, cfg.push_to_hub)
+            push_model(out, cfg.push_to_hub, cfg, read_status(run.run_dir).get("eval"))  # with a model card
         write_status(run.run_dir, state="succeeded", output_dir=str(out), phase="done")
         return out
     finally:
