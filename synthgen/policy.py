@@ -336,10 +336,14 @@ def check_roles(resolved: Mapping[str, Any], policy: Policy) -> tuple[dict[str, 
     for role, cfg in resolved.items():
         loc: list[str | int] = ["body", "roles", role]
         engine = cfg.engine or "openai"
-        if cfg.base_url and not policy.endpoint_allowed(cfg.base_url):
-            host = urlsplit(cfg.base_url).hostname or "?"
-            errors.append(PolicyError([*loc, "base_url"], f"endpoint host {host!r} is not allowed on this server "
-                                      "(SYNTHGEN_ALLOWED_ENDPOINTS)", "endpoint_not_allowed"))
+        urls = list(getattr(cfg, "base_urls", None) or []) or ([cfg.base_url] if cfg.base_url else [])
+        for url in urls:  # a pool (base_urls) or the one base_url: every server gets the role's key
+            if not policy.endpoint_allowed(url):
+                host = urlsplit(url).hostname or "?"
+                field = "base_urls" if getattr(cfg, "base_urls", None) else "base_url"
+                errors.append(PolicyError([*loc, field], f"endpoint host {host!r} is not allowed on this server "
+                                          "(SYNTHGEN_ALLOWED_ENDPOINTS)", "endpoint_not_allowed"))
+                break
         for i, url in enumerate(getattr(cfg, "base_urls", None) or []):  # an endpoint pool: every server
             if url != cfg.base_url and not policy.endpoint_allowed(url):
                 host = urlsplit(url).hostname or "?"
