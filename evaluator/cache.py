@@ -28,6 +28,9 @@ class JudgeCache:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # a cache: losing the last judgements to a power cut costs a re-ask, while an fsync per
+        # judgement (6 ms here) would stall the event loop the requests run on
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS judgements (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         self._db.commit()
         self.hits = 0

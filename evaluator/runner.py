@@ -32,9 +32,23 @@ Progress = Callable[[dict[str, Any]], None]
 CACHE_FILE = "judgements.sqlite"
 
 
+def _picture(img: Any) -> dict[str, Any]:
+    """PNG, JPEG and WebP bytes go as they are; anything else (GIF, BMP, TIFF, PIL) as PNG."""
+    if isinstance(img, bytes | bytearray):
+        data = bytes(img)
+        if data.startswith((b"\x89PNG", b"\xff\xd8")) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+            return image_part(data)
+        import io
+
+        from PIL import Image
+
+        img = Image.open(io.BytesIO(data))
+    return image_part(img, fmt="PNG")
+
+
 def question_messages(sample: Sample) -> list[dict[str, Any]]:
     """Images first, then the question: the layout llm-jp-eval-mm's model wrappers send."""
-    parts = [image_part(img, fmt="PNG") for img in sample.images]
+    parts = [_picture(img) for img in sample.images]
     return [user([*parts, {"type": "text", "text": sample.question}])]
 
 

@@ -56,3 +56,13 @@ def test_matches_independent_lcs_over_the_same_tokens():
     want = [lcs_f(tokenize(r), tokenize(p)) for r, p in zip(refs, preds, strict=True)]
     assert got == pytest.approx(want, abs=1e-9)
     assert len({round(v, 6) for v in got}) > 3  # the pairs really differ, the comparison is not vacuous
+    # and rouge-score's own RougeScorer (what llm-jp-eval-mm calls) over the same MeCab tokens
+    from rouge_score import rouge_scorer
+
+    class Mecab:
+        def tokenize(self, text):
+            return tokenize(text)
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=Mecab())
+    theirs = [100 * scorer.score(r, p)["rougeL"].fmeasure for r, p in zip([*refs, "猫", ""], [*preds, "", "猫"], strict=True)]
+    assert rouge_l([*refs, "猫", ""], [*preds, "", "猫"]) == pytest.approx(theirs, abs=1e-9)

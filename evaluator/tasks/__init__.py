@@ -84,13 +84,40 @@ def get_task(name: str) -> Task:
 
 # -- loading helpers shared by the task modules -----------------------------------------------
 
+def encoded_images(ds):
+    """Image columns left encoded ({"bytes", "path"}): a picture goes to the model as the bytes it
+    was stored as, not decoded to PIL and re-encoded per sample (tens of ms for a large JPEG)."""
+    import datasets
+
+    for name, feature in ds.features.items():
+        if isinstance(feature, datasets.Image) and feature.decode:
+            ds = ds.cast_column(name, datasets.Image(decode=False))
+    return ds
+
+
+def image_bytes(value: Any) -> Any:
+    """An encoded image cell -> its bytes (read from `path` when the bytes are not inline);
+    PIL images and bytes pass through."""
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return value["bytes"]
+        if value.get("path"):
+            return Path(value["path"]).read_bytes()
+        raise ValueError("an image cell with neither bytes nor path")
+    return value
+
+
 def open_table(source: str | None, hub_id: str, split: str):
-    """A `datasets.Dataset` from a local copy or the Hub.
+    """A `datasets.Dataset` from a local copy or the Hub, image columns left encoded.
 
     A local copy is either a `save_to_disk` folder (Dataset or DatasetDict, `split` picked), or
     a folder / file of parquet, JSON Lines or CSV in the Hub repo's own layout; anything else is
     taken as a Hub dataset id.
     """
+    return encoded_images(_open_table(source, hub_id, split))
+
+
+def _open_table(source: str | None, hub_id: str, split: str):
     import datasets
 
     name = source or hub_id

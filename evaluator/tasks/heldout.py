@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from synthgen.evaluator.tasks import Sample, Task, text
+from synthgen.evaluator.tasks import Sample, Task, encoded_images, image_bytes, text
 
 DEFAULT_FRACTION = 0.05
 PLACEHOLDER = "<image>"
@@ -92,13 +92,14 @@ def load(source: str | None) -> Iterator[Sample]:
         rows = ds["test"]
     else:
         rows = split(source)["test"]
+    rows = encoded_images(rows)
     for row in rows:
         question = _first(row["messages"], "user").replace(PLACEHOLDER, "").strip()
         reference = _first(row["messages"], "assistant")
         if not question or not reference:
             continue
         image = row.get("image")
-        yield Sample(id=row_key(row), question=question, reference=reference, images=[image] if image else [])
+        yield Sample(id=row_key(row), question=question, reference=reference, images=[image_bytes(image)] if image else [])
 
 
 task = Task(name="synthgen-heldout", title="synthgen held-out", hub_id="", split="test", load=load,

@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from synthgen.evaluator.tasks import Sample, Task, open_table, text
+from synthgen.evaluator.tasks import Sample, Task, image_bytes, open_table, text
 
 HUB = "Silviase/Japanese-Heron-Bench"
 RAW_HUB = "turing-motors/Japanese-Heron-Bench"
@@ -58,7 +58,7 @@ def load(source: str | None) -> Iterator[Sample]:
         return
     for row in open_table(source, HUB, "train"):
         yield Sample(id=text(row["question_id"]), question=text(row["text"]), reference=_reference(row["answer"]),
-                     images=[row["image"]], meta={"category": text(row["category"]), "context": text(row["context"])})
+                     images=[image_bytes(row["image"])], meta={"category": text(row["category"]), "context": text(row["context"])})
 
 
 task = Task(name="japanese-heron-bench", title="Japanese Heron-Bench", hub_id=HUB, split="train", load=load,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterator
 
-from synthgen.evaluator.tasks import Sample, Task, open_table, text
+from synthgen.evaluator.tasks import Sample, Task, image_bytes, open_table, text
 
 HUB = "speed/JDocQA"
 ANSWER_TYPES = {0: "yesno", 1: "factoid", 2: "numerical", 3: "open-ended"}
@@ -33,7 +33,7 @@ def exact(sample: Sample, answer: str) -> float | None:
 
 def load(source: str | None) -> Iterator[Sample]:
     for i, row in enumerate(open_table(source, HUB, "test")):
-        images = [row[c] for c in ("image_0", "image_1", "image_2", "image_3") if row.get(c) is not None]
+        images = [image_bytes(row[c]) for c in ("image_0", "image_1", "image_2", "image_3") if row.get(c) is not None]
         kind = row.get("answer_type")
         kind = ANSWER_TYPES.get(int(kind), str(kind)) if isinstance(kind, int) or str(kind).isdigit() else text(kind)
         yield Sample(id=text(row.get("question_id", i)), question=text(row["question"]), reference=text(row["answer"]),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from synthgen.evaluator.tasks import Sample, Task, open_table, text
+from synthgen.evaluator.tasks import Sample, Task, image_bytes, open_table, text
 
 VG_HUB = "SakanaAI/JA-VG-VQA-500"
 WILD_HUB = "SakanaAI/JA-VLM-Bench-In-the-Wild"
@@ -23,12 +23,12 @@ def load_vg_vqa(source: str | None) -> Iterator[Sample]:
     for row in open_table(source, VG_HUB, "test"):
         for qa in row["qas"]:
             yield Sample(id=text(qa["qa_id"]), question=text(qa["question"]), reference=text(qa["answer"]),
-                         images=[row["image"]], meta={"image_id": text(row.get("image_id"))})
+                         images=[image_bytes(row["image"])], meta={"image_id": text(row.get("image_id"))})
 
 
 def load_wild(source: str | None) -> Iterator[Sample]:
     for i, row in enumerate(open_table(source, WILD_HUB, "test")):
-        yield Sample(id=str(i), question=text(row["question"]), reference=text(row["answer"]), images=[row["image"]])
+        yield Sample(id=str(i), question=text(row["question"]), reference=text(row["answer"]), images=[image_bytes(row["image"])])
 
 
 ja_vg_vqa_500 = Task(
