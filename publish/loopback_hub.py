@@ -435,3 +435,22 @@ class LoopbackHub:
             self._thread.join(10)
         if self._tmp is not None:
             self._tmp.cleanup()
+
+
+def main() -> None:
+    """`python -m synthgen.publish.loopback_hub --port 8010`: a stand-in Hub for offline demos
+    (HF_ENDPOINT=http://127.0.0.1:8010, HF_TOKEN=<the --token value>)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="loopback Hugging Face Hub stand-in (127.0.0.1 only)")
+    parser.add_argument("--port", type=int, default=8010)
+    parser.add_argument("--root", type=Path, default=None, help="where uploaded objects are stored")
+    parser.add_argument("--token", default="hf_loopback_token")
+    args = parser.parse_args()
+    hub = LoopbackHub(token=args.token, root=args.root)
+    hub.port = args.port
+    web.run_app(hub.app(), host="127.0.0.1", port=args.port, access_log=None, print=None)
+
+
+if __name__ == "__main__":
+    main()

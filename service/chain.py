@@ -285,24 +285,14 @@ def begin_publish(root: Path, job_id: str) -> bool:
 
 
 def publish_step(pub: PublishSpec, run_dir: Path, root: Path) -> dict[str, Any]:
-    """Run a publish and return what the API shows of it (never the token)."""
-    from synthgen.publish.card import SourceInfo
+    """Run a publish (synthgen.publish.run) with a local folder confined to the data root."""
+    from synthgen.publish.run import publish_spec
 
-    sources = [SourceInfo(s.name, s.license, s.url, s.attribution) for s in pub.sources]
-    if pub.local_dir:
-        from synthgen.publish.local import publish_local
-
-        target = local_target(root, pub.local_dir)
-        res = publish_local(run_dir, target, config=pub.config_name, split=pub.split, license=pub.license,
-                            sources=sources)
-        return {"local_dir": str(target.relative_to(root.resolve())), "config": res.config, "split": res.split,
-                "rows": res.rows, "license": res.license}
-    from synthgen.publish.hub import push
-
-    assert pub.repo_id is not None
-    token = pub.token.get_secret_value() if pub.token else None
-    return push(run_dir, pub.repo_id, config=pub.config_name, split=pub.split, private=pub.private, token=token,
-                license=pub.license, sources=sources).public()
+    target = local_target(root, pub.local_dir) if pub.local_dir else None
+    result = publish_spec(pub, run_dir, local_dir=target)
+    if target is not None:
+        result["local_dir"] = str(target.relative_to(root.resolve()))
+    return result
 
 
 def run_publish(root: Path, job_id: str, spec: JobSpec, run_dir: Path, settings: Settings | None = None,
