@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import ObjectLostError, RayActorError, WorkerCrashedError
+from ray.exceptions import ActorUnavailableError, ObjectLostError, RayActorError, WorkerCrashedError
 
 from synthgen.engine import plugin
 from synthgen.engine.checkpoint import ShardStore
@@ -63,6 +63,8 @@ from synthgen.spec import JobSpec, RoleConfig
 
 log = logging.getLogger(__name__)
 MAX_LOSSES = 3  # times a record may be lost with its worker before it fails as worker_lost
+MAX_TRIES = 12  # dispatches of one record in all (a restarting worker refuses calls without running them)
+REST_S = 0.5  # a worker that lost a call gets no work for this long (doubling while it keeps losing)
 MAX_BATCH = 32  # records per actor call: fewer calls under load, still streamed back one by one
 LOST = (RayActorError, WorkerCrashedError, ObjectLostError)
 _COUNTERS = ("requests", "failed", "retries", "prompt_tokens", "completion_tokens", "latency_s")
@@ -178,6 +180,7 @@ class _Worker:
     pid: int = 0
     load: int = 0  # records in flight on it
     lost_calls: int = 0  # consecutive calls lost with it; reset by any outcome
+    resting_until: float = 0.0  # restarting, probably: let it come back before sending more
     dead: bool = False
 
 
@@ -186,7 +189,8 @@ class _Job:
     index: int
     key: str
     item: dict[str, Any]
-    losses: int = 0
+    losses: int = 0  # calls it was in that died with their worker
+    tries: int = 0
 
 
 def connect(address: str | None) -> bool:
@@ -309,8 +313,8 @@ async def _drive(spec: JobSpec, gen: plugin.Generator, params: Any, prompts: Pro
     if need <= 0:
         return
     results: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
-    flying: dict[str, _Job] = {}
-    again: deque[_Job] = deque()
+    flying: dict[str, _Job] = {}  # admitted and not finished: on a worker, or in `ready`
+    ready: deque[_Job] = deque()  # admitted (or lost with a worker) and waiting for a worker
     calls: set[asyncio.Task[None]] = set()
     inputs = enumerate(itertools.islice(gen.inputs(plugin.InputContext(params=params, seed=spec.seed)),
                                         spec.input_budget))
@@ -319,39 +323,42 @@ async def _drive(spec: JobSpec, gen: plugin.Generator, params: Any, prompts: Pro
 
     def admit() -> list[_Job]:
         """Exact admission: start a record only while written + in flight x (1 - drop rate) < need."""
-        jobs: list[_Job] = []
         while not stop.is_set() and len(flying) < concurrency:
             if stats.ok + len(flying) * (1.0 - stats.drop_rate()) >= need:
                 break
-            if again:
-                job = again.popleft()
-            else:
-                nxt = next(inputs, None)
-                if nxt is None:
-                    break
-                index, item = nxt
-                stats.inputs_read = index + 1
-                key = record_key(gen.name, item, spec.seed)
-                if key in done or key in flying:
-                    continue
-                job = _Job(index, key, item)
-            flying[job.key] = job
-            jobs.append(job)
+            nxt = next(inputs, None)
+            if nxt is None:
+                break
+            index, item = nxt
+            stats.inputs_read = index + 1
+            key = record_key(gen.name, item, spec.seed)
+            if key in done or key in flying:
+                continue
+            job = flying[key] = _Job(index, key, item)
+            ready.append(job)
         stats.in_flight = len(flying)
-        return jobs
 
-    def dispatch(jobs: list[_Job]) -> None:
-        live = [w for w in pool if not w.dead]
-        if not live:
+    def dispatch() -> float:
+        """Send the ready records to the least-loaded workers that are up; seconds until a
+        resting worker may take work, when some records still wait."""
+        alive = [w for w in pool if not w.dead]
+        if not alive:
             raise RuntimeError("every Ray worker is lost; the run stops here and resumes from its shards")
-        size = max(1, min(MAX_BATCH, math.ceil(len(jobs) / len(live))))
-        for start in range(0, len(jobs), size):
-            chunk = jobs[start:start + size]
-            worker = min(live, key=lambda w: w.load)
+        now = time.monotonic()
+        up = [w for w in alive if w.resting_until <= now]
+        if not up:
+            return min(w.resting_until for w in alive) - now
+        size = max(1, min(MAX_BATCH, math.ceil(len(ready) / len(up))))
+        while ready:
+            chunk = [ready.popleft() for _ in range(min(size, len(ready)))]
+            worker = min(up, key=lambda w: w.load)
             worker.load += len(chunk)
+            for job in chunk:
+                job.tries += 1
             task = asyncio.create_task(consume(worker, chunk))
             calls.add(task)
             task.add_done_callback(calls.discard)
+        return spec.flush_seconds
 
     async def consume(worker: _Worker, chunk: list[_Job]) -> None:
         waiting = {job.key: job for job in chunk}
@@ -362,11 +369,14 @@ async def _drive(spec: JobSpec, gen: plugin.Generator, params: Any, prompts: Pro
                 waiting.pop(outcome[0], None)
                 results.put_nowait(("done", worker, *outcome))
         except LOST as exc:
-            results.put_nowait(("lost", worker, list(waiting.values()), f"{type(exc).__name__}: {exc}"))
+            # unavailable: the call was refused by (or cut off from) a restarting worker, perhaps
+            # before the record ran, so it does not count as a loss against the record
+            results.put_nowait(("lost", worker, list(waiting.values()), f"{type(exc).__name__}: {exc}",
+                                isinstance(exc, ActorUnavailableError)))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the worker itself failed (not one record): fail what it held
-            results.put_nowait(("broken", worker, list(waiting.values()), f"{type(exc).__name__}: {exc}"))
+            results.put_nowait(("broken", worker, list(waiting.values()), f"{type(exc).__name__}: {exc}", False))
 
     def fail(job: _Job, reason: str, detail: str) -> None:
         stats.failed += 1
@@ -399,34 +409,37 @@ async def _drive(spec: JobSpec, gen: plugin.Generator, params: Any, prompts: Pro
                 stats.ok += 1
                 stats.rows += len(rows)
             return
-        _, _, jobs, detail = msg
+        _, _, jobs, detail, unavailable = msg
         worker.load -= len(jobs)
         if kind == "lost":
             worker.lost_calls += 1
+            worker.resting_until = time.monotonic() + min(5.0, REST_S * 2 ** (worker.lost_calls - 1))
             if worker.lost_calls > 20:
                 worker.dead = True  # restarts keep failing: stop sending it work
             log.warning("a Ray worker was lost (%s); %d records go to another", detail[:200], len(jobs))
         for job in jobs:
-            flying.pop(job.key, None)
-            job.losses += 1
+            if not unavailable:
+                job.losses += 1
             if kind == "broken":
+                flying.pop(job.key, None)
                 fail(job, "error_worker", detail)
-            elif job.losses >= MAX_LOSSES:
+            elif job.losses >= MAX_LOSSES or job.tries >= MAX_TRIES:
+                flying.pop(job.key, None)
                 fail(job, "worker_lost", detail)
             else:
                 rerun += 1
-                again.append(job)
+                ready.append(job)
 
     last_flush = time.monotonic()
     try:
         while True:
-            jobs = admit()
-            if jobs:
-                dispatch(jobs)
+            admit()
+            wait = dispatch() if ready else spec.flush_seconds
             if not flying or stop.is_set() or stats.ok >= need or stats.error:
                 break
             try:
-                msg: tuple[Any, ...] | None = await asyncio.wait_for(results.get(), timeout=spec.flush_seconds)
+                msg: tuple[Any, ...] | None = await asyncio.wait_for(
+                    results.get(), timeout=max(0.01, min(wait, spec.flush_seconds)))
             except TimeoutError:
                 msg = None
             while msg is not None:

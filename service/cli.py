@@ -29,7 +29,8 @@ from rich.table import Table
 from synthgen.engine import plugin
 from synthgen.engine.checkpoint import RunExists
 from synthgen.engine.errors import EngineUnavailable
-from synthgen.engine.runner import RunResult, RunStats, install_fast_loop, run_job
+from synthgen.engine.executors import runner_for
+from synthgen.engine.runner import RunResult, RunStats, install_fast_loop
 from synthgen.service.config_file import build_spec
 from synthgen.settings import get_settings
 
@@ -122,6 +123,10 @@ def run(
     hub_token: Annotated[str | None, typer.Option(envvar="HF_TOKEN", help="Hub token (default: HF_TOKEN)")] = None,
     public: Annotated[bool, typer.Option("--public", help="make the pushed dataset public")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    executor: Annotated[str | None, typer.Option(help="where records run: local (default) or ray")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        help="with --executor ray: the cluster (auto, ray://head:10001; default SYNTHGEN_RAY_ADDRESS, "
+        "RAY_ADDRESS, else a local Ray)")] = None,
 ) -> None:
     """Run a generator and write a Hugging Face dataset to --out."""
     logging.basicConfig(level=get_settings().log_level, format="%(levelname)s %(name)s: %(message)s")
@@ -130,7 +135,7 @@ def run(
         gen = plugin.get(generator)
         flags: dict[str, Any] = {"n": n, "seed": seed, "concurrency": concurrency, "max_inputs": max_inputs,
                                  "out": str(out) if out else None, "resume": resume or None,
-                                 "retry_failed": retry_failed or None,
+                                 "retry_failed": retry_failed or None, "executor": executor,
                                  "accept_changes": accept_changes or None, "refresh": refresh or None,
                                  "publish": {"repo_id": push_to_hub, "token": hub_token, "private": not public}
                                  if push_to_hub else None}
@@ -141,7 +146,7 @@ def run(
         raise fail(describe_error(exc)) from None
     install_fast_loop()
     try:
-        result = asyncio.run(_run_with_progress(spec, quiet))
+        result = asyncio.run(_run_with_progress(spec, quiet, ray_address))
     except USER_ERRORS as exc:
         raise fail(describe_error(exc)) from None
     except KeyboardInterrupt:
@@ -195,13 +200,13 @@ def _smoke_defaults(spec: Any, roles: tuple[str, ...]) -> Any:
     return with_smoke_defaults(spec, resolved)
 
 
-async def _run_with_progress(spec: Any, quiet: bool) -> RunResult:
+async def _run_with_progress(spec: Any, quiet: bool, ray_address: str | None = None) -> RunResult:
     stats = RunStats(target=spec.n)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    task = asyncio.create_task(run_job(spec, stats=stats, stop=stop))
+    task = asyncio.create_task(runner_for(spec, ray_address=ray_address)(spec, stats=stats, stop=stop))
     if quiet or not console.is_terminal:
         return await task
     progress = Progress(

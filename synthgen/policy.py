@@ -344,11 +344,6 @@ def check_roles(resolved: Mapping[str, Any], policy: Policy) -> tuple[dict[str, 
                 errors.append(PolicyError([*loc, field], f"endpoint host {host!r} is not allowed on this server "
                                           "(SYNTHGEN_ALLOWED_ENDPOINTS)", "endpoint_not_allowed"))
                 break
-        for i, url in enumerate(getattr(cfg, "base_urls", None) or []):  # an endpoint pool: every server
-            if url != cfg.base_url and not policy.endpoint_allowed(url):
-                host = urlsplit(url).hostname or "?"
-                errors.append(PolicyError([*loc, "base_urls", i], f"endpoint host {host!r} is not allowed on this "
-                                          "server (SYNTHGEN_ALLOWED_ENDPOINTS)", "endpoint_not_allowed"))
         errors.extend(_check_options(cfg.options, engine, [*loc, "options"]))
         if engine not in REMOTE_ENGINES and cfg.model and (engine in LOCAL_ENGINES or not cfg.base_url):
             try:

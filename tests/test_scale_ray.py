@@ -7,15 +7,19 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 import ray  # in the dev extra, so CI runs these tests
+from scale_responders import answers
 
 from synthgen.engine.ray_executor import run_job_ray
 from synthgen.engine.runner import run_job
-from synthgen.engine.runs import open_run
-from synthgen.loopback_server import LoopbackServer, japanese_responder, last_user_text
+from synthgen.engine.runs import NotARun, open_run
+from synthgen.loopback_server import LoopbackServer
 from synthgen.spec import JobSpec, RoleConfig
 
 
@@ -27,14 +31,6 @@ def ray_cluster():
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
-
-
-def answers(body: dict) -> str:
-    """persona-qa replies that pass all its checks, so no record is dropped and both executors
-    must write exactly the first n inputs (with drops, which n win depends on timing)."""
-    text = japanese_responder(body)
-    prompt = last_user_text(body)
-    return text if "問題を一つ作って" in prompt or "追加の質問" in prompt else text + "\n答え：6分"
 
 
 def _spec(srv: LoopbackServer, out, **extra) -> JobSpec:
@@ -87,3 +83,45 @@ def test_a_killed_worker_process_loses_no_record_and_doubles_none(ray_cluster, t
     assert len(rows) == 16 and len({r["key"] for r in rows}) == 16
     assert list(open_run(tmp_path / "run").failures()) == []
     assert flushes and flushes == sorted(flushes)  # progress reached the on_flush callback as it ran
+
+
+def _written(out) -> int:
+    try:
+        return open_run(out).count_rows()
+    except NotARun:
+        return 0
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "synthgen.service.cli", "run", "persona-qa", *args]
+
+
+def test_cli_on_ray_driver_killed_then_resumed_gives_every_key_once(ray_cluster, tmp_path):
+    """`synthgen run --executor ray` joins the cluster; SIGKILL the driver after its first
+    commits, then `--resume` (on Ray again) ends with exactly n records, none twice."""
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    with LoopbackServer(answers, latency=0.1) as srv:
+        args = _cli("--executor", "ray", "--ray-address", ray_cluster, "--n", "24", "--concurrency", "4",
+                    "--base-url", srv.base_url, "--model", "m", "--out", str(out), "--set", "flush_seconds=0.2",
+                    "--quiet")
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and proc.poll() is None:
+                if _written(out) >= 4:
+                    break
+                time.sleep(0.1)
+            assert proc.poll() is None, proc.communicate()[0]
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+        finally:
+            proc.kill()
+        written = open_run(out).count_rows()
+        assert 4 <= written < 24
+        done = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = _rows(out)
+    assert len(rows) == 24 and len({r["key"] for r in rows}) == 24
+    man = open_run(out).manifest()
+    assert man["executor"]["name"] == "ray" and man["counts"]["records"] == 24
