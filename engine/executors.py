@@ -23,6 +23,11 @@ def runner_for(spec: JobSpec, *, ray_address: str | None = None) -> Callable[...
     try:
         from synthgen.engine.ray_executor import run_job_ray
     except ImportError as exc:
-        raise EngineUnavailable(f"executor 'ray' needs Ray: pip install 'synthgen[ray]' ({exc})") from None
+        missing = f"executor 'ray' needs Ray: pip install 'synthgen[ray]' ({exc})"
+
+        async def unavailable(*_args: Any, **_kwargs: Any) -> RunResult:
+            raise EngineUnavailable(missing)  # raised where the run's own errors are handled
+
+        return unavailable
     runner: Callable[..., Any] = run_job_ray
     return functools.partial(runner, address=ray_address) if ray_address else runner

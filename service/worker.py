@@ -24,7 +24,8 @@ from typing import Any
 from pydantic import SecretStr
 
 from synthgen import policy
-from synthgen.engine.runner import RunResult, RunStats, install_fast_loop, run_job
+from synthgen.engine.executors import runner_for
+from synthgen.engine.runner import RunResult, RunStats, install_fast_loop
 from synthgen.engine.runs import Run
 from synthgen.service import chain
 from synthgen.service.scrub import scrub_run, scrub_text
@@ -181,7 +182,7 @@ async def run_claimed(store: JobStore, job: Claimed, settings: Settings, worker_
              " (resuming from checkpoints)" if resume else "")
     stats = RunStats(target=spec.n)
     stop = asyncio.Event()
-    task = asyncio.create_task(run_job(spec, settings=settings, stats=stats, stop=stop))
+    task = asyncio.create_task(runner_for(spec)(spec, settings=settings, stats=stats, stop=stop))  # local or ray
     why: str | None = None
     stop_at = 0.0
     last_beat = last_ok = time.monotonic()
