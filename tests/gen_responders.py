@@ -80,3 +80,21 @@ class RecaptionWriter:
 
 
 CAPTION_TEXT = CAPTIONS_JA["dense"]
+
+
+PQA_QUESTION = "問題：ある店で1個120円のりんごを5個買うと、代金はいくらになりますか。"
+PQA_ANSWER = "1個120円のりんごを5個買うので、120 × 5 = 600 となります。したがって代金は600円です。\n答え：600円"
+
+
+def persona_qa_responder(body: dict[str, Any]) -> str:
+    """persona-qa's writer and answerer: a problem, a follow-up that changes one number, an answer
+    that shows its steps in です・ます and ends on the final-answer line."""
+    prompt = last_user_text(body)
+    turn = sum(1 for m in body.get("messages", []) if m.get("role") == "assistant")
+    if "問題を一つ作って" in prompt:
+        return PQA_QUESTION
+    if "追加の質問" in prompt:
+        return f"りんごが{5 + turn}個の場合、代金はいくらになりますか。"
+    count = 5 + (turn - 1 if turn else 0)
+    return f"1個120円のりんごを{count}個買うので、120 × {count} = {120 * count} となります。" \
+           f"したがって代金は{120 * count}円です。\n答え：{120 * count}円"

@@ -11,7 +11,6 @@ import time
 import datasets
 import orjson
 import pytest
-
 from gen_responders import persona_qa_responder
 
 from synthgen.loopback_server import LoopbackServer, Reply, last_user_text
