@@ -90,6 +90,8 @@ class Evaluation:
                            completion_tokens=result.completion_tokens)
             except RequestError as exc:
                 row.update(answer="", error=exc.reason)
+            if task.rouge:  # here, while other samples wait on the network, not in a pass at the end
+                row["rouge_l"] = rouge_l([sample.reference], [row["answer"]])[0]
             if task.exact is not None:
                 row["exact"] = task.exact(sample, row["answer"])
             if self.judge is not None and task.judge and row["answer"]:
@@ -106,10 +108,6 @@ class Evaluation:
     async def run_task(self, task: Task, ref: TaskRef, samples: list[Sample]) -> dict[str, Any]:
         start = time.perf_counter()
         rows = await asyncio.gather(*(self._one(task, s) for s in samples))
-        if task.rouge:
-            for row, score in zip(rows, rouge_l([r["reference"] for r in rows], [r["answer"] for r in rows]),
-                                  strict=True):
-                row["rouge_l"] = float(score)
         metrics = scoring.task_metrics(rows, task.judge if self.judge is not None else None)
         name, value = scoring.headline(metrics, task.headline)
         return {"title": task.title, "source": ref.source or task.hub_id, "n": len(rows),

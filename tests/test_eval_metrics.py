@@ -66,3 +66,16 @@ def test_matches_independent_lcs_over_the_same_tokens():
     scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=Mecab())
     theirs = [100 * scorer.score(r, p)["rougeL"].fmeasure for r, p in zip([*refs, "猫", ""], [*preds, "", "猫"], strict=True)]
     assert rouge_l([*refs, "猫", ""], [*preds, "", "猫"]) == pytest.approx(theirs, abs=1e-9)
+
+
+def test_bit_parallel_lcs_equals_the_table_on_random_token_lists():
+    import random
+
+    from synthgen.evaluator.metrics import lcs_length, rouge_l_tokens
+
+    rng = random.Random(7)
+    for _ in range(500):
+        a = [rng.choice("あいうえおか") for _ in range(rng.randint(0, 40))]
+        b = [rng.choice("あいうえおきく") for _ in range(rng.randint(0, 40))]
+        assert rouge_l_tokens(a, b) == pytest.approx(lcs_f(a, b), abs=1e-9)
+        assert lcs_length(a, b) == lcs_length(b, a)
