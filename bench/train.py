@@ -130,8 +130,9 @@ def cpu_bench(args, work: Path) -> dict:
     acc = Accelerator(cpu=True)
     stage = cfg.stages[0]
     llava = T.apply_stage(a.model, stage)
+    sd = run.stage_data(stage)
     t = time.perf_counter()
-    features = T._feature_rows(run, acc)
+    features = T._feature_rows(run, acc, sd)
     cache_build = time.perf_counter() - t
     step_module = T.StepModule(llava).train()
     opt = torch.optim.AdamW([p for p in llava.parameters() if p.requires_grad], lr=1e-3)
@@ -139,7 +140,7 @@ def cpu_bench(args, work: Path) -> dict:
     def batches(feats):
         epoch = 0
         while True:
-            yield from T._loader(run, stage, epoch, acc, feats)
+            yield from T._loader(run, stage, epoch, acc, feats, sd)
             epoch += 1
 
     live_it, cached_it = batches(None), batches(features)

@@ -18,6 +18,8 @@ from transformers import (
     ConvNextConfig,
     ConvNextImageProcessor,
     ConvNextModel,
+    GPT2Config,
+    GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
     MixtralConfig,
@@ -72,17 +74,23 @@ def save_vision(out: Path, kind: str = "clip", image_size: int = 32, patch_size:
 
 
 LM_FAMILIES = {"llama": (LlamaConfig, LlamaForCausalLM), "mixtral": (MixtralConfig, MixtralForCausalLM),
-               "qwen2_moe": (Qwen2MoeConfig, Qwen2MoeForCausalLM)}
+               "qwen2_moe": (Qwen2MoeConfig, Qwen2MoeForCausalLM), "gpt2": (GPT2Config, GPT2LMHeadModel)}
 
 
 def save_lm(out: Path, corpus: Iterable[str], hidden: int = 64, layers: int = 2, heads: int = 4,
             kv_heads: int | None = None, intermediate: int | None = None, vocab_size: int = 400,
             max_positions: int = 512, seed: int = 0, family: str = "llama", experts: int = 4) -> Path:
     """A random causal LM of a family: llama (TinyLlama, Llama-3, llm-jp), or the MoE stand-ins for
-    Tanuki-8x8B: mixtral (top-2 of `experts`) and qwen2_moe (plus a shared expert)."""
+    Tanuki-8x8B: mixtral (top-2 of `experts`) and qwen2_moe (plus a shared expert); gpt2 (llm-jp-1.3b-v1.0)."""
     tok = train_tokenizer(corpus, out, vocab_size=vocab_size)
     torch.manual_seed(seed)
     config_cls, model_cls = LM_FAMILIES[family]
+    if family == "gpt2":
+        cfg = GPT2Config(vocab_size=len(tok), n_embd=hidden, n_layer=layers, n_head=heads, n_positions=max_positions,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                         tie_word_embeddings=False)
+        model_cls(cfg).save_pretrained(out)
+        return Path(out)
     kw = dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate or 2 * hidden,
               num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
               max_position_embeddings=max_positions, bos_token_id=tok.bos_token_id,

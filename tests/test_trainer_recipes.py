@@ -1,0 +1,83 @@
+"""Every shipped seed recipe: valid as shipped, and its tiny stand-in runs all stages, saves, reloads, generates."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from synthgen.trainer import recipes, smoke
+from synthgen.trainer.cli import train_main
+from synthgen.trainer.config import TrainConfig
+from synthgen.trainer.inference import generate, load_model
+from synthgen.trainer.progress import read_status
+from synthgen.trainer.train import read_seen, training_data
+
+torch.set_num_threads(1)
+
+# recipe -> (stage names, tower model_type, LM model_type, image tokens)
+EXPECTED = {
+    "seed000_llava_tinyllama": (["pretrain", "finetune"], "clip_vision_model", "llama", 16),
+    "seed001_convllava_jp": (["projector", "vision", "instruct"], "synthgen_conv_tower", "gpt2", 16),
+    "seed002_llama3v": (["pretrain", "sft"], "siglip_vision_model", "llama", 16),
+    "seed003_tanuki_vision": (["simple", "complex"], "siglip_vision_model", "mixtral", 16),
+}
+
+
+def test_every_recipe_is_shipped_and_valid():
+    assert recipes.names() == sorted(EXPECTED)
+    for name in recipes.names():
+        cfg = TrainConfig.model_validate(recipes.load(name))
+        assert [s.name for s in cfg.stages] == EXPECTED[name][0]
+        assert all(s.sources for s in cfg.stages)  # each stage names its own data
+    convllava = TrainConfig.model_validate(recipes.load("seed001_convllava_jp"))
+    assert convllava.model.image_size == 768 and convllava.model.conv_extra_stage
+    assert [s.train_vision for s in convllava.stages] == [False, True, False]
+    assert [s.learning_rate for s in convllava.stages] == [3e-4, 2e-5, 2e-5]
+    assert [s.optimizer for s in convllava.stages] == ["adamw", "adamw_8bit", "adamw_8bit"]
+    tanuki = TrainConfig.model_validate(recipes.load("seed003_tanuki_vision"))
+    assert tanuki.model.trust_remote_code and tanuki.deepspeed.endswith("deepspeed_zero3.json")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error; a GPU machine would start the real run")
+@pytest.mark.parametrize("name, needs", [("seed001_convllava_jp", "stages.1.optimizer=adamw_8bit"),
+                                         ("seed002_llama3v", "deepspeed=deepspeed_zero3.json"),
+                                         ("seed003_tanuki_vision", "deepspeed=deepspeed_zero3.json")])
+def test_real_recipes_say_what_needs_a_gpu(name, needs, tmp_path):
+    cfg = recipes.load(name)
+    cfg.update(output_dir=str(tmp_path / "o"))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    assert train_main(tmp_path / "c.yaml", []) == 1
+    error = read_status(tmp_path / "o" / "run")["error"]
+    assert "no CUDA GPU is present" in error and needs in error
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_tiny_recipe_runs_every_stage_reloads_and_generates(name, tmp_path):
+    stages, tower, lm, tokens = EXPECTED[name]
+    config = recipes.tiny(name, tmp_path / "tiny")
+    assert train_main(config, []) == 0
+    run_dir = tmp_path / "tiny" / "run"
+    assert read_status(run_dir)["state"] == "succeeded"
+    summary = training_data(tmp_path / "tiny" / "model")
+    assert [s["stage"] for s in summary] == stages and all(s["steps"] == 2 for s in summary)
+    cfg = yaml.safe_load(config.read_text())
+    for stage, s in zip(cfg["stages"], summary, strict=True):
+        assert [src["path"] for src in s["sources"]] == [src["path"] for src in stage["sources"]]
+        seen = read_seen(run_dir, stage["name"])
+        assert len(seen) == 4 and {src for src, _ in seen} <= set(range(len(stage["sources"])))
+    for stage in stages[:-1]:  # every stage's model was saved on the way
+        assert (tmp_path / "tiny" / "model" / "stages" / stage / "mm_projector.safetensors").exists()
+    loaded = load_model(tmp_path / "tiny" / "model")
+    assert loaded.model.config.vision_config.model_type == tower
+    assert loaded.model.config.text_config.model_type == lm
+    assert loaded.model.config.image_seq_length == tokens
+    size = 64 if tower == "synthgen_conv_tower" else 32
+    images = [smoke.shape_image("青", "丸", np.random.default_rng(i), size) for i in range(2)]
+    answers = generate(loaded, images, [smoke.QUESTION, "形は？"], max_new_tokens=3)
+    assert len(answers) == 2 and all(isinstance(a, str) and a for a in answers)
+    notes = json.loads((tmp_path / "tiny" / "tiny_notes.json").read_text())
+    assert notes["recipe"] == name and any("random tiny" in n for n in notes["changes"])
