@@ -362,6 +362,8 @@ def start_training(store: Any, root: Path, job_id: str, spec: JobSpec, run_dir: 
                 from synthgen.trainer.progress import read_status
 
                 scores = read_status(train_dir).get("eval")
+                if isinstance(scores, dict):
+                    extra["result"] = {**result, "eval": scores}  # the trainer's `eval:` section ran
                 write_model_card(Path(cfg["output_dir"]), cfg, datasets_used=_datasets_used(root, job_id),
                                  scores=scores if isinstance(scores, dict) else None)
             except Exception as exc:  # a card is a courtesy: the model is still there
