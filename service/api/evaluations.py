@@ -68,9 +68,12 @@ def _confine(value: str, root: Path, loc: list[str | int]) -> str:
     if "\x00" in value or ".." in PurePosixPath(value).parts or value.startswith("~"):
         raise invalid(loc, "path must be inside the data root", "path_escape")
     candidate = Path(value) if value.startswith("/") else root / value
-    if not _LOCAL.match(value) and not candidate.exists():
-        return value
-    resolved = candidate.resolve()
+    try:
+        if not _LOCAL.match(value) and not candidate.exists():
+            return value
+        resolved = candidate.resolve()
+    except (OSError, ValueError):  # a name too long for the file system, and the like
+        raise invalid(loc, "not a usable path or Hub id", "path_invalid") from None
     if resolved == root or not resolved.is_relative_to(root):
         raise invalid(loc, f"path must be inside the data root ({root})", "path_escape")
     return str(resolved)
@@ -185,7 +188,10 @@ async def cancel_evaluation(request: Request, evaluation_id: EvaluationId) -> Ev
     return await run_in_threadpool(_out, run_dir)
 
 
-@router.get("/evaluations/{evaluation_id}/report", responses={404: {"description": "no report yet"}})
+@router.get("/evaluations/{evaluation_id}/report", responses={
+    200: {"content": {"application/json": {}, "text/markdown": {}, "image/png": {}},
+          "description": "the report in the format asked for"},
+    404: {"description": "no such evaluation, or no report yet"}})
 def evaluation_report(request: Request, evaluation_id: EvaluationId,
                       fmt: Annotated[Literal["json", "md", "png"], Query(alias="format")] = "json") -> Any:
     """The report: JSON (every answer, score and judgement), Markdown (`?format=md`) or the chart (`?format=png`)."""
