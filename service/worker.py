@@ -47,6 +47,7 @@ def new_worker_id() -> str:
 
 def secret_values(spec: JobSpec) -> list[str]:
     found = [r.api_key.get_secret_value() for r in spec.roles.values() if r.api_key]
+    found += [q.role.api_key.get_secret_value() for q in spec.quality if q.role and q.role.api_key]
     if spec.publish and spec.publish.token:
         found.append(spec.publish.token.get_secret_value())
     return [s for s in found if s]

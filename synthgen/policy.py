@@ -329,12 +329,13 @@ def _input_value(value: str, src: InputSource, policy: Policy, loc: list[str | i
         f"; a Hub dataset is written {src.hub_prefix}owner/name" if src.hub_prefix else ""), "input_not_found")
 
 
-def check_roles(resolved: Mapping[str, Any], policy: Policy) -> tuple[dict[str, str], list[PolicyError]]:
+def check_roles(resolved: Mapping[str, Any], policy: Policy, prefix: list[str | int] | None = None
+                ) -> tuple[dict[str, str], list[PolicyError]]:
     """Violations in the resolved role configs, and {role: absolute model folder} for local models."""
     errors: list[PolicyError] = []
     local_models: dict[str, str] = {}
     for role, cfg in resolved.items():
-        loc: list[str | int] = ["body", "roles", role]
+        loc: list[str | int] = list(prefix) if prefix is not None else ["body", "roles", role]
         engine = cfg.engine or "openai"
         urls = list(getattr(cfg, "base_urls", None) or []) or ([cfg.base_url] if cfg.base_url else [])
         for url in urls:  # a pool (base_urls) or the one base_url: every server gets the role's key

@@ -178,3 +178,18 @@ def test_image_url_downloads_in_a_worker_follow_the_policy(tmp_path, allow_priva
     else:
         assert job["status"] != "succeeded" and img.hits == 0
         assert job["progress"]["failures_by_reason"] == {REFUSED: 3}
+
+
+def test_a_quality_judge_role_follows_the_same_endpoint_rules(tmp_path):
+    with TestClient(create_app(settings_for(tmp_path))) as client:
+        def post(role):
+            return client.post("/v1/jobs", json={
+                "generator": "persona-qa", "n": 1, "roles": {"default": {"base_url": "http://127.0.0.1:9/v1", "model": "M"}},
+                "quality": [{"step": "judge", "role": role}]})
+
+        r = post({"base_url": "http://169.254.169.254/v1", "model": "J", "api_key": KEY})
+        assert r.status_code == 422 and KEY not in r.text
+        assert r.json()["detail"][0]["loc"] == ["body", "quality", 0, "role", "base_url"]
+        r = post({"base_url": "http://127.0.0.1:9/v1", "model": "J", "options": {"trust_remote_code": True}})
+        assert r.status_code == 422 and r.json()["detail"][0]["type"] == "server_setting"
+        assert post({"base_url": "http://127.0.0.1:9/v1", "model": "J"}).status_code == 201

@@ -22,7 +22,7 @@ from synthgen.service.store import JobStore
 from synthgen.service.store.jobs import JobRow as Job
 from synthgen.service.store.jobs import new_job_id
 from synthgen.service.worker import secret_spec_json
-from synthgen.spec import FINAL_JOB_STATES, JobSpec, JobState, RoleConfig
+from synthgen.spec import DEFAULT_ROLE, FINAL_JOB_STATES, JobSpec, JobState, RoleConfig
 
 router = APIRouter(tags=["jobs"])
 JobId = Annotated[str, PathParam(min_length=1, max_length=64, description="job id")]
@@ -100,6 +100,14 @@ async def create_job(spec: Annotated[JobSpec, Body(openapi_examples=EXAMPLES)], 
     except (ValueError, ValidationError) as exc:
         raise invalid(["body", "roles"], str(exc)) from None
     local_models, violations = check_roles(resolved, policy)
+    for i, step in enumerate(spec.quality):  # a judge step's own model: the same rules as a role's
+        if step.role is not None:
+            try:
+                judge = resolve_roles({DEFAULT_ROLE: spec.roles.get(DEFAULT_ROLE) or RoleConfig(), "judge": step.role},
+                                      ("judge",))
+            except (ValueError, ValidationError) as exc:
+                raise invalid(["body", "quality", i, "role"], str(exc)) from None
+            violations += check_roles(judge, policy, ["body", "quality", i, "role"])[1]
     if violations:
         raise HTTPException(422, detail=[v.as_error() for v in violations])
     spec = with_smoke_defaults(spec, resolved)

@@ -337,7 +337,8 @@ def _forget_secrets(conn: Connection, job_id: str, *, keep_publish: bool = False
         return
     spec = json.loads(raw)
     changed = False
-    for role in (spec.get("roles") or {}).values():
+    quality_roles = [q.get("role") for q in spec.get("quality") or [] if isinstance(q, dict)]
+    for role in [*(spec.get("roles") or {}).values(), *quality_roles]:
         if isinstance(role, dict) and role.get("api_key"):
             role["api_key"] = None
             changed = True
