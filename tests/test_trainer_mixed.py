@@ -155,3 +155,24 @@ def test_resume_is_exact_with_per_stage_data(parts, tmp_path, monkeypatch):
     assert read_seen(tmp_path / "straight" / "run", "instruct") == read_seen(tmp_path / "stopped" / "run", "instruct")
     # 13 rows an epoch in micro-batches of 3,3,3,3,1 (steps of 2 micro, the last alone), then 2 steps of 6
     assert len(read_seen(tmp_path / "stopped" / "run", "instruct")) == 13 + 12
+
+
+def test_rest_confines_each_stages_own_sources(tmp_path):
+    """Per-stage sources are paths too: the REST service keeps them under the data root like data.sources."""
+    from fastapi import HTTPException
+
+    from synthgen.service.api.trainings import confine_config
+
+    root = tmp_path / "root"
+    (root / "jobs" / "a").mkdir(parents=True)
+    body = {"model": {"vision": "google/siglip-so400m-patch14-384", "lm": "llm-jp/llm-jp-3-1.8b"},
+            "data": {"sources": []}, "output_dir": "models/x",
+            "stages": [{"name": "s", "learning_rate": 1e-3, "sources": [{"path": "jobs/a", "image_root": "jobs/a"}]}]}
+    cfg = confine_config(body, root, root / "runs" / "t")
+    assert cfg["stages"][0]["sources"][0] == {"path": str(root / "jobs" / "a"), "image_root": str(root / "jobs" / "a")}
+    assert body["stages"][0]["sources"][0]["path"] == "jobs/a"  # the caller's dict is left alone
+    for bad in ({"path": "/etc"}, {"path": "jobs/a", "image_root": "../../etc"}):
+        body["stages"][0]["sources"] = [bad]
+        with pytest.raises(HTTPException) as err:
+            confine_config(body, root, root / "runs" / "t")
+        assert err.value.status_code == 422 and "stages" in str(err.value.detail)

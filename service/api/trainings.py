@@ -140,6 +140,17 @@ def confine_config(config: dict[str, Any], root: Path, run_dir: Path, policy: Po
                 if isinstance(src.get(key), str):
                     src[key] = _confine(src[key], root, ["body", "data", "sources", i, key], output=False,
                                         policy=policy)
+    if isinstance(cfg.get("stages"), list):  # a stage's own sources are confined like data.sources
+        cfg["stages"] = [dict(s) if isinstance(s, dict) else s for s in cfg["stages"]]
+        for si, stage in enumerate(cfg["stages"]):
+            if not (isinstance(stage, dict) and isinstance(stage.get("sources"), list)):
+                continue
+            stage["sources"] = [dict(s) if isinstance(s, dict) else s for s in stage["sources"]]
+            for i, src in enumerate(stage["sources"]):
+                for key in ("path", "image_root"):
+                    if isinstance(src, dict) and isinstance(src.get(key), str):
+                        src[key] = _confine(src[key], root, ["body", "stages", si, "sources", i, key],
+                                            output=False, policy=policy)
     hub = cfg.get("push_to_hub")
     if isinstance(hub, dict) and isinstance(hub.get("token_env"), str) and not re.match(
             r"^(HF_|HUGGING_FACE_)[A-Z0-9_]*$", hub["token_env"]):
