@@ -185,3 +185,27 @@ def test_cli_rejects_bad_input(tmp_path):
     assert res.exit_code == 2 and "unknown task" in res.output
     res = CliRunner().invoke(app, ["eval", "--model", "m", "--source", "jdocqa", "--base-url", "http://127.0.0.1:9/v1"])
     assert res.exit_code == 2 and "TASK=PATH" in res.output
+
+
+def test_failed_answers_and_unparseable_judgements_are_reported_not_hidden(task_data, tmp_path):
+    from synthgen.loopback_server import Reply
+
+    def flaky_vlm(body):
+        text = json.dumps(body, ensure_ascii=False)
+        return Reply(status=400, raw=b'{"error": "bad image"}') if "（1）" in text else eval_data.vlm_responder(body)
+
+    def sloppy_judge(body):
+        return "どちらも良い回答です。" if "# 回答A" in json.dumps(body, ensure_ascii=False) else '{"score": 4}'
+
+    with LoopbackServer(flaky_vlm) as vlm, LoopbackServer(sloppy_judge) as judge:
+        spec = spec_for(vlm, judge, task_data, ["japanese-heron-bench", "ja-vg-vqa-500"], judge_retries=1)
+        report = asyncio.run(evaluate(spec, tmp_path / "out"))
+    heron, vg = report["tasks"]["japanese-heron-bench"], report["tasks"]["ja-vg-vqa-500"]
+    # question "（1）" is refused by the endpoint: one Heron question, three VG questions (one per image)
+    assert heron["answers_failed"] == 1 and vg["answers_failed"] == 3
+    assert [s.get("error") for s in vg["samples"]].count("http_400") == 3
+    assert heron["metrics"]["unparseable"] == 5 and heron["metrics"]["unjudged"] == 1 and heron["metrics"]["heron"] is None
+    assert vg["metrics"]["judged"] == 3 and vg["metrics"]["judge"] == 4.0 and vg["metrics"]["unjudged"] == 3
+    assert report["judge_stats"]["unparseable"] == 5 and report["judge_stats"]["retried_unparseable"] == 5
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| Japanese Heron-Bench | 6 | – | – | – | – | 1 | 5 |" in md
