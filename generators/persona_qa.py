@@ -56,8 +56,8 @@ DEFAULT_TASKS = [
 ]
 
 
-class Params(BaseModel):
-    """Parameters of persona-qa; defaults reproduce the seeds' setup on our own persona set."""
+class QuestionParams(BaseModel):
+    """Where problems come from and what answers must satisfy; shared with preference-pairs."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -71,7 +71,6 @@ class Params(BaseModel):
     tasks: list[Task] = Field(default_factory=lambda: list(DEFAULT_TASKS), min_length=1)
     difficulties: list[Difficulty] = Field(default_factory=lambda: difficulties("text"), min_length=1,
                                            description="levels as the seeds define them (basic: 小学生でも解ける)")
-    turns: int = Field(2, ge=1, le=8, description="question/answer pairs per conversation")
     final_answer_marker: str = Field("答え：", min_length=1, max_length=20,
                                      description="the line that states the result, for tasks with final_answer")
     require_polite: bool = Field(True, description="answers in です・ます (the style rule); others are dropped")
@@ -91,12 +90,18 @@ class Params(BaseModel):
         return unique_names(v, "difficulty")
 
     @model_validator(mode="after")
-    def _keypoints_cover_tasks(self) -> Params:
+    def _keypoints_cover_tasks(self) -> QuestionParams:
         if self.driver == "keypoint":
             missing = [t.name for t in self.tasks if not self.keypoints.get(t.name)]
             if missing:
                 raise ValueError(f"driver=keypoint needs keypoints for tasks {missing}")
         return self
+
+
+class Params(QuestionParams):
+    """Parameters of persona-qa; defaults reproduce the seeds' setup on our own persona set."""
+
+    turns: int = Field(2, ge=1, le=8, description="question/answer pairs per conversation")
 
 
 def features(_params: Params) -> datasets.Features:
@@ -112,18 +117,21 @@ def features(_params: Params) -> datasets.Features:
 
 
 def inputs(ctx: InputContext[Params]) -> Iterator[dict[str, Any]]:
+    yield from question_items(ctx.params, ctx.seed)
+
+
+def question_items(p: QuestionParams, seed: int) -> Iterator[dict[str, Any]]:
     """An endless seeded stream of (persona or keypoint, task, difficulty); the engine stops it.
 
-    `persona` is the traits this record shows (a subset), `persona_full` the whole profile."""
+    `persona` is the traits this record shows (a subset of the persona's profile)."""
     from synthgen.personas.loaders import load_personas
 
-    p = ctx.params
     personas = []
     if p.driver == "persona":
         personas = load_personas(p.personas, limit=p.persona_limit, column=p.persona_column)
         if not personas:
             raise ValueError("the persona source yielded no personas")
-    rng = random.Random(ctx.seed)
+    rng = random.Random(seed)
     weights = [t.weight for t in p.tasks]
     index = 0
     while True:
@@ -148,16 +156,17 @@ async def generate(item: dict[str, Any], ctx: RecordContext[Params]) -> list[dic
 
     ask = ctx.prompts.render("question", persona=item["persona"], keypoint=item["keypoint"], task=task,
                              difficulty=level)
-    question = _question(await writer.chat([user(ask)]), p, turn=1)
+    question = check_question(await writer.chat([user(ask)]), p, turn=1)
     dialogue = [user(question)]
     for turn in range(1, p.turns + 1):
         if turn > 1:
             follow = await writer.chat([*dialogue, user(ctx.prompts.render("followup"))])
-            question = _question(follow, p, turn=turn)
+            question = check_question(follow, p, turn=turn)
             if any(question == m["content"] for m in dialogue if m["role"] == "user"):
                 raise Skip("followup_repeats", question)
             dialogue.append(user(question))
-        dialogue.append(assistant(_answer(await answerer.chat([answer_system, *dialogue]), p, task, turn=turn)))
+        reply = await answerer.chat([answer_system, *dialogue])
+        dialogue.append(assistant(check_answer(reply, p, task, turn=turn)))
 
     return [{
         "messages": dialogue, "persona": item["persona"], "persona_id": item["persona_id"],
@@ -166,7 +175,7 @@ async def generate(item: dict[str, Any], ctx: RecordContext[Params]) -> list[dic
     }]
 
 
-def _question(result: ChatResult, p: Params, *, turn: int) -> str:
+def check_question(result: ChatResult, p: QuestionParams, *, turn: int) -> str:
     text = strip_label(result.text)
     if not text:
         raise Skip("empty_question", f"Q{turn}")
@@ -181,7 +190,7 @@ def _question(result: ChatResult, p: Params, *, turn: int) -> str:
     return text
 
 
-def _answer(result: ChatResult, p: Params, task: Task, *, turn: int) -> str:
+def check_answer(result: ChatResult, p: QuestionParams, task: Task, *, turn: int) -> str:
     text = strip_label(result.text)
     if len(text) < p.min_answer_chars:
         raise Skip("answer_too_short", f"A{turn}: {text!r}")

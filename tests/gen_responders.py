@@ -98,3 +98,31 @@ def persona_qa_responder(body: dict[str, Any]) -> str:
     count = 5 + (turn - 1 if turn else 0)
     return f"1個120円のりんごを{count}個買うので、120 × {count} = {120 * count} となります。" \
            f"したがって代金は{120 * count}円です。\n答え：{120 * count}円"
+
+
+RIGHT = "1個120円のりんごを5個買うので、120 × 5 = 600 となります。したがって代金は600円です。\n答え：600円"
+WRONG = "りんごは5個なので、100 × 5 = 500 となり、代金は500円です。\n答え：500円"
+TERSE = "600円です。"
+
+
+def preference_responder(body: dict[str, Any]) -> str:
+    """Writer, two answerers and the judge of preference-pairs.
+
+    The answer depends on what the generator varied: a low temperature, the `good` model or the
+    careful system prompt gives the right answer; a high temperature or the `rival` model a wrong
+    one; the terse prompt a bare result. The judge picks whichever shown answer says 600円 with
+    the final-answer line, and gives its reason."""
+    messages = body.get("messages", [])
+    prompt = last_user_text(body)
+    if "問題を一つ作って" in prompt:
+        return PQA_QUESTION
+    if "より良い方を選んで" in prompt:
+        a = prompt.split("回答A:", 1)[1].split("回答B:", 1)[0]
+        better = "A" if "答え：600円" in a else "B"
+        return f"{better}\n理由：{better}の方が計算が正しく、最後の行に答えを示しているからです。"
+    system_prompt = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
+    if "簡潔に答えて" in system_prompt:
+        return TERSE
+    if body.get("model") == "rival" or float(body.get("temperature") or 0) > 1:
+        return WRONG
+    return RIGHT
