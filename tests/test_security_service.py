@@ -256,3 +256,15 @@ def test_serve_restarts_dead_workers_scrubs_secrets_and_keeps_files_private(serv
     metrics = _get(port, "/v1/metrics")[1]
     assert "synthgen_worker_restarts_total 1.0" in metrics and "synthgen_workers_alive 1.0" in metrics
     assert Path(root / ".worker").is_dir()  # the worker's private working folder
+
+
+def test_a_cancelled_job_keeps_no_keys(tmp_path):
+    with TestClient(create_app(settings_for(tmp_path))) as client:
+        r = client.post("/v1/jobs", json={"generator": "persona-qa", "n": 1, "roles": {"default": {
+            "base_url": "http://127.0.0.1:9/v1", "model": "M", "api_key": KEY}},
+            "publish": {"repo_id": "me/data", "token": "hf_tokentokentoken1"}})
+        store = client.app.state.store
+        assert KEY in store.secret_spec(r.json()["id"])  # the worker will need it
+        assert client.post(f"/v1/jobs/{r.json()['id']}/cancel").json()["status"] == "cancelled"
+        stored = store.secret_spec(r.json()["id"])
+        assert KEY not in stored and "hf_tokentokentoken1" not in stored

@@ -318,8 +318,11 @@ class JobStore:
         cutoff = now - timeout_s
         with self.write() as s:
             stale = (Job.status == "running") & (Job.heartbeat_at < cutoff)
+            ended = s.scalars(select(Job.id).where(stale, Job.cancel_requested.is_(True))).all()
             s.execute(update(Job).where(stale, Job.cancel_requested.is_(True)).values(
                 status="cancelled", finished_at=now, updated_at=now, worker_id=None))
+            for job_id in ended:
+                _forget_secrets(s, job_id)
             return s.execute(update(Job).where(stale).values(
                 status="queued", worker_id=None, heartbeat_at=None, updated_at=now)).rowcount
 
