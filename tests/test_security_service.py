@@ -44,6 +44,8 @@ def test_host_header_is_checked_only_without_api_keys(tmp_path):
                            ).status_code == 400
         for host in ("127.0.0.1:8000", "localhost", "[::1]:8000", "synthgen.lan:8000"):
             assert client.get("/v1/jobs", headers={"host": host}).status_code == 200
+        assert client.get("/v1/healthz", headers={"host": "10.1.2.3:8000"}).status_code == 200  # probes
+        assert client.get("/", headers={"host": "evil.example"}).status_code == 400  # the dashboard too
     keyed = settings_for(tmp_path / "k", api_keys=[SecretStr("k-123456")])
     with TestClient(create_app(keyed)) as client:  # a rebinding page has no key: the key check suffices
         assert client.get("/v1/jobs", headers={"host": "evil.example", "authorization": "Bearer k-123456"}

@@ -16,6 +16,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 # "testserver" is Starlette's TestClient default: a single-label name no public DNS serves.
 ALWAYS = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "testserver"})
+# Health checks answer whatever Host a load balancer or orchestrator probe sends (a pod IP):
+# they reveal nothing a rebinding page could use.
+OPEN_PATHS = frozenset({"/healthz", "/v1/healthz"})
 
 
 def host_of(header: str) -> str:
@@ -46,7 +49,7 @@ class HostCheck:
         self.enabled = enabled
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.enabled and scope["type"] in ("http", "websocket"):
+        if self.enabled and scope["type"] in ("http", "websocket") and scope.get("path") not in OPEN_PATHS:
             header = next((v for k, v in scope.get("headers", ()) if k == b"host"), None)
             if header is not None:
                 host = host_of(header.decode("latin-1"))
