@@ -70,11 +70,19 @@ def test_the_edge_rejects_what_is_outside_policy(client):
     base = {"model": {"base_url": "http://127.0.0.1:9/v1", "model": "m"}}
     assert client.post("/v1/evaluations", json={**base, "tasks": [{"name": "nope"}]}).status_code == 422
     r = client.post("/v1/evaluations", json={**base, "tasks": [{"name": "jdocqa", "source": "/etc"}]})
-    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "path_escape"
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "path_not_allowed"
     r = client.post("/v1/evaluations", json={**base, "tasks": [{"name": "jdocqa", "source": "../x"}]})
     assert r.status_code == 422
     r = client.post("/v1/evaluations", json={"model": {"model": "/etc/passwd"}, "tasks": [{"name": "jdocqa"}]})
     assert r.status_code == 422  # an in-process checkpoint must be under the data root
+    r = client.post("/v1/evaluations", json={"model": {"base_url": "http://203.0.113.9/v1", "model": "m"},
+                                             "tasks": [{"name": "jdocqa"}]})
+    assert r.status_code == 422 and r.json()["detail"][0] == {
+        "loc": ["body", "model", "base_url"], "type": "endpoint_not_allowed",
+        "msg": "endpoint host '203.0.113.9' is not allowed on this server (SYNTHGEN_ALLOWED_ENDPOINTS)"}
+    r = client.post("/v1/evaluations", json={**base, "judge": {"base_url": "http://198.51.100.7/v1", "model": "j"},
+                                             "tasks": [{"name": "jdocqa"}]})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "judge", "base_url"]
     assert client.post("/v1/evaluations", json={**base, "tasks": []}).status_code == 422
     assert client.post("/v1/evaluations", json={**base, "tasks": [{"name": "jdocqa"}], "rm": 1}).status_code == 422
     assert client.get("/v1/evaluations/0123456789abcdef").status_code == 404

@@ -12,28 +12,28 @@ that run to succeed and then evaluates the model it saved.
 from __future__ import annotations
 
 import asyncio
-import re
 import secrets
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, PlainTextResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from synthgen.engine.roles import resolve_roles
 from synthgen.evaluator import launch
 from synthgen.evaluator.report import load_report
 from synthgen.evaluator.spec import EvalSpec
 from synthgen.evaluator.tasks import available as available_tasks
+from synthgen.policy import HUB_DATASET, Policy, PolicyError, check_roles
 from synthgen.service.api.jobs import invalid
 
 router = APIRouter(tags=["evaluations"])
 EvaluationId = Annotated[str, PathParam(pattern=r"^[a-f0-9]{16}$")]
 FOLDER = "evaluations"
-_LOCAL = re.compile(r"^(/|\./|\.\./|~)")
 
 
 class EvaluationIn(EvalSpec):
@@ -63,20 +63,14 @@ def _root(request: Request) -> Path:
     return request.app.state.root
 
 
-def _confine(value: str, root: Path, loc: list[str | int]) -> str:
-    """A local path must stay under the data root; a Hub id (org/name, not on disk) passes as it is."""
-    if "\x00" in value or ".." in PurePosixPath(value).parts or value.startswith("~"):
-        raise invalid(loc, "path must be inside the data root", "path_escape")
-    candidate = Path(value) if value.startswith("/") else root / value
-    try:
-        if not _LOCAL.match(value) and not candidate.exists():
-            return value
-        resolved = candidate.resolve()
-    except (OSError, ValueError):  # a name too long for the file system, and the like
-        raise invalid(loc, "not a usable path or Hub id", "path_invalid") from None
-    if resolved == root or not resolved.is_relative_to(root):
-        raise invalid(loc, f"path must be inside the data root ({root})", "path_escape")
-    return str(resolved)
+def _source(value: str, policy: Policy, loc: list[str | int]) -> str:
+    """A task's data: a local copy under the data root (or an allowed input root), or a Hub dataset id."""
+    local = policy.local_input(value, loc)
+    if local is not None:
+        return str(local)
+    if HUB_DATASET.match(value):
+        return value
+    raise PolicyError(loc, "not found under the data root, and not a Hub dataset id (owner/name)", "input_not_found")
 
 
 def _training_model(request: Request, training_id: str) -> tuple[Path, str]:
@@ -135,20 +129,37 @@ def list_evaluations(root: Path, limit: int = 200) -> list[EvaluationOut]:
 def start_evaluation(request: Request, body: EvaluationIn) -> EvaluationOut:
     """Start an evaluation (the same spec `synthgen eval --config` reads) as its own process."""
     root = _root(request)
+    policy: Policy = request.app.state.policy
     known = available_tasks()
     for i, t in enumerate(body.tasks):
         if t.name not in known:
             raise invalid(["body", "tasks", i, "name"], f"unknown task {t.name!r}; have {sorted(known)}")
     spec = body.model_copy(deep=True)
+    violations: list[PolicyError] = []
     for i, t in enumerate(spec.tasks):
         if t.source:
-            t.source = _confine(t.source, root, ["body", "tasks", i, "source"])
+            try:
+                t.source = _source(t.source, policy, ["body", "tasks", i, "source"])
+            except PolicyError as exc:
+                violations.append(exc)
     wait_dir = None
     if body.after_training:
         wait_dir, model_dir = _training_model(request, body.after_training)
-        spec.model = spec.model.model_copy(update={"model": model_dir, "base_url": None})
-    if not spec.model.base_url and spec.model.model:
-        spec.model = spec.model.model_copy(update={"model": _confine(spec.model.model, root, ["body", "model", "model"])})
+        spec.model = spec.model.model_copy(update={"model": model_dir, "base_url": None, "engine": None})
+    configured = {"model": spec.model, **({"judge": spec.judge} if spec.judge else {})}
+    try:
+        resolved = resolve_roles(configured, tuple(configured))
+    except (ValueError, ValidationError) as exc:
+        raise invalid(["body"], str(exc)) from None
+    local_models, role_violations = check_roles(resolved, policy, None)
+    for exc in role_violations:  # check_roles says body.roles.<role>; here the roles are body.model / body.judge
+        if exc.loc[:2] == ["body", "roles"]:
+            exc.loc = ["body", *exc.loc[2:]]
+    violations += role_violations
+    if violations:
+        raise HTTPException(422, detail=[v.as_error() for v in violations])
+    if "model" in local_models and not body.after_training:
+        spec.model = spec.model.model_copy(update={"model": local_models["model"]})
     evaluation_id = secrets.token_hex(8)
     run_dir = root / FOLDER / evaluation_id
     spec = EvalSpec.model_validate({**spec.model_dump(exclude={"after_training"}),
