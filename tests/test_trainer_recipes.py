@@ -23,7 +23,7 @@ EXPECTED = {
     "seed000_llava_tinyllama": (["pretrain", "finetune"], "clip_vision_model", "llama", 16),
     "seed001_convllava_jp": (["projector", "vision", "instruct"], "synthgen_conv_tower", "gpt2", 16),
     "seed002_llama3v": (["pretrain", "sft"], "siglip_vision_model", "llama", 16),
-    "seed003_tanuki_vision": (["simple", "complex"], "siglip_vision_model", "mixtral", 16),
+    "seed003_tanuki_vision": (["simple", "complex"], "siglip_vision_model", "tanuki", 16),  # remote-code MoE
 }
 
 
@@ -71,7 +71,7 @@ def test_tiny_recipe_runs_every_stage_reloads_and_generates(name, tmp_path):
         assert len(seen) == 4 and {src for src, _ in seen} <= set(range(len(stage["sources"])))
     for stage in stages[:-1]:  # every stage's model was saved on the way
         assert (tmp_path / "tiny" / "model" / "stages" / stage / "mm_projector.safetensors").exists()
-    loaded = load_model(tmp_path / "tiny" / "model")
+    loaded = load_model(tmp_path / "tiny" / "model", trust_remote_code=lm == "tanuki")
     assert loaded.model.config.vision_config.model_type == tower
     assert loaded.model.config.text_config.model_type == lm
     assert loaded.model.config.image_seq_length == tokens
@@ -81,3 +81,48 @@ def test_tiny_recipe_runs_every_stage_reloads_and_generates(name, tmp_path):
     assert len(answers) == 2 and all(isinstance(a, str) and a for a in answers)
     notes = json.loads((tmp_path / "tiny" / "tiny_notes.json").read_text())
     assert notes["recipe"] == name and any("random tiny" in n for n in notes["changes"])
+
+
+def test_tanuki_stand_in_is_remote_code_moe_that_reloads_and_resumes_in_a_fresh_process(tmp_path, monkeypatch):
+    """Like Tanuki-8x8B: the LM's classes ship in its folder. The saved VLM carries them; a new process
+    refuses it without trust_remote_code, loads and generates with it, and resumes a stage from it."""
+    import os
+    import subprocess
+    import sys
+
+    from synthgen.trainer.train import moe_blocks
+
+    config = recipes.tiny("seed003_tanuki_vision", tmp_path / "t")
+    assert train_main(config, []) == 0
+    model_dir = tmp_path / "t" / "model"
+    assert {"configuration_tanuki.py", "modeling_tanuki.py"} <= {p.name for p in model_dir.iterdir()}
+    loaded = load_model(model_dir, trust_remote_code=True)
+    assert [b.__name__ for b in moe_blocks(loaded.model)] == ["MixtralSparseMoeBlock"]  # the MoE ZeRO-3 leaves
+    # stage 2 again in a new process, from the saved stage 1 (what a resume or a ZeRO-3 reload does)
+    run_dir = tmp_path / "t" / "run"
+    (run_dir / "stages" / "complex.done.json").unlink()
+    (model_dir / "model.safetensors").unlink()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(sys.path))
+    script = (
+        "import sys, numpy as np\n"
+        "from synthgen.trainer.cli import train_main\n"
+        "from synthgen.trainer.inference import load_model, generate\n"
+        "from synthgen.trainer import smoke\n"
+        "try:\n"
+        "    load_model(sys.argv[2])\n"
+        "    print('LOADED WITHOUT TRUST')\n"
+        "except ValueError as e:\n"
+        "    print('REFUSED', e)\n"
+        "assert train_main(sys.argv[1], []) == 0\n"
+        "m = load_model(sys.argv[2], trust_remote_code=True)\n"
+        "print('CLASS', type(m.model.model.language_model).__name__)\n"
+        "print('ANSWER', generate(m, [smoke.shape_image('赤', '丸', np.random.default_rng(0))], ['色は？'], 3))\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(config), str(model_dir)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "REFUSED" in proc.stdout and "trust_remote_code=True" in proc.stdout
+    assert "CLASS TanukiModel" in proc.stdout and "ANSWER [" in proc.stdout
+    assert read_status(run_dir)["state"] == "succeeded"
+    assert (model_dir / "model.safetensors").exists()

@@ -32,7 +32,7 @@ from transformers import (
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 from transformers.models.llava_next.modeling_llava_next import LlavaNextMultiModalProjector
 
-from synthgen.trainer import towers
+from synthgen.trainer import remote_code, towers
 from synthgen.trainer.chat_format import chat_template
 from synthgen.trainer.config import ModelConfig
 
@@ -147,6 +147,8 @@ def assemble(mc: ModelConfig, dtype: torch.dtype = torch.float32) -> Assembled:
     lm = AutoModelForCausalLM.from_pretrained(mc.lm, revision=mc.lm_revision, dtype=dtype, trust_remote_code=trust,
                                               attn_implementation=mc.attn_implementation)
     tok = AutoTokenizer.from_pretrained(mc.lm, revision=mc.lm_revision, trust_remote_code=trust)
+    if trust:
+        remote_code.register_lm(lm)  # LLaVA builds its LM through AutoModel: it must know this one
 
     if mc.image_token not in tok.get_vocab():
         tok.add_tokens([AddedToken(mc.image_token, special=True, normalized=False)], special_tokens=True)

@@ -6,7 +6,8 @@
 
 Saved folders are plain transformers checkpoints (`LlavaForConditionalGeneration` or
 `LlavaNextForConditionalGeneration` + processor); a ConvNeXt tower needs synthgen's tower class
-registered with transformers first, which importing this module does. The evaluator calls these
+registered with transformers first, which importing this module does; an LM with its own code
+(Tanuki) needs `trust_remote_code=True`, and its code files are in the folder. The evaluator calls these
 functions for in-process models.
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
 
-from synthgen.trainer import towers  # noqa: F401  (registers synthgen_conv_tower with transformers)
+from synthgen.trainer import remote_code, towers  # noqa: F401  (towers registers synthgen_conv_tower)
 
 CLASSES = {"llava": LlavaForConditionalGeneration, "llava_next": LlavaNextForConditionalGeneration}
 
@@ -44,6 +45,7 @@ def load_model(path: str | Path, device: str | torch.device | None = None, dtype
     if cls is None:
         raise ValueError(f"{path}: model_type {config.get('model_type')!r} is not a LLaVA the trainer writes "
                          f"({', '.join(CLASSES)})")
+    remote_code.register_saved(path, config, trust_remote_code)
     model = cls.from_pretrained(str(path), dtype=dtype or torch.float32, attn_implementation=attn_implementation,
                                 trust_remote_code=trust_remote_code)
     if device is not None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from synthgen.trainer import remote_code
 from synthgen.trainer.assemble import Assembled
 from synthgen.trainer.config import StageConfig, TrainConfig
 
@@ -55,6 +56,7 @@ def save_stage_model(accelerator, step_module, processor, out: Path, cfg: TrainC
         save_file({k: v.detach().to("cpu").contiguous() for k, v in check_projector(state).items()},
                   str(out / "mm_projector.safetensors"))
         llava.save_pretrained(str(out), state_dict=state, safe_serialization=True)
+        remote_code.copy_code(llava, out)  # a trust_remote_code LM's files travel with it
         processor.save_pretrained(str(out))
         log.info("saved %s", out)
     accelerator.wait_for_everyone()

@@ -104,6 +104,58 @@ def save_lm(out: Path, corpus: Iterable[str], hidden: int = 64, layers: int = 2,
     return Path(out)
 
 
+REMOTE_CONFIG = '''"""A Mixtral-shaped MoE config under its own model type, the way Tanuki-8x8B ships its code."""
+from transformers import MixtralConfig
+
+
+class {cls}Config(MixtralConfig):
+    model_type = "{name}"
+'''
+REMOTE_MODELING = '''"""Model classes for the {name} stand-in; the relative import is the one Tanuki's own code uses."""
+from transformers import MixtralForCausalLM, MixtralModel
+
+from .configuration_{name} import {cls}Config
+
+
+class {cls}Model(MixtralModel):
+    config_class = {cls}Config
+
+
+class {cls}ForCausalLM(MixtralForCausalLM):
+    config_class = {cls}Config
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = {cls}Model(config)
+        self.post_init()
+'''
+
+
+def save_remote_code_lm(out: Path, corpus: Iterable[str], name: str = "tanuki", **kw) -> Path:
+    """A tiny MoE LM that only loads with trust_remote_code: its config.json names a model type transformers
+    does not know and maps the Auto classes to configuration_/modeling_ files beside the weights."""
+    import json
+
+    from safetensors.torch import save_file
+
+    save_lm(out, corpus, family="mixtral", **kw)
+    # the weights as the classes hold them: transformers converts Mixtral's on-disk expert layout by
+    # model type, which a remote-code type does not get
+    model = MixtralForCausalLM.from_pretrained(out)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(Path(out) / "model.safetensors"),
+              metadata={"format": "pt"})
+    cls = name.capitalize()
+    (Path(out) / f"configuration_{name}.py").write_text(REMOTE_CONFIG.format(cls=cls, name=name))
+    (Path(out) / f"modeling_{name}.py").write_text(REMOTE_MODELING.format(cls=cls, name=name))
+    path = Path(out) / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg.update(model_type=name, architectures=[f"{cls}ForCausalLM"],
+               auto_map={"AutoConfig": f"configuration_{name}.{cls}Config", "AutoModel": f"modeling_{name}.{cls}Model",
+                         "AutoModelForCausalLM": f"modeling_{name}.{cls}ForCausalLM"})
+    path.write_text(json.dumps(cfg, indent=1))
+    return Path(out)
+
+
 COLOURS = {"赤": (220, 30, 30), "青": (30, 60, 220), "緑": (30, 170, 60)}
 SHAPES = ("丸", "四角", "三角")
 QUESTION = "この図形は何色ですか？"

@@ -161,6 +161,25 @@ def make_optimizer(stage: StageConfig, groups: list[dict[str, Any]]) -> torch.op
     return Adafactor(groups, lr=stage.learning_rate, scale_parameter=False, relative_step=False, warmup_init=False)
 
 
+def moe_blocks(model: torch.nn.Module) -> list[type]:
+    """Mixture-of-Experts block classes (Mixtral, Qwen2-MoE, Tanuki: a router `gate` over `experts`)."""
+    return sorted({type(m) for m in model.modules() if hasattr(m, "experts") and hasattr(m, "gate")},
+                  key=lambda t: t.__name__)
+
+
+def _zero3_moe_leaves(cfg: TrainConfig, model: torch.nn.Module) -> None:
+    """Under ZeRO-3 an MoE block is gathered whole: a rank whose tokens skip an expert would otherwise
+    wait for that expert's parameters forever (the hang MoE LLaVA runs hit)."""
+    if not cfg.deepspeed or json.loads(Path(cfg.deepspeed).read_text()).get("zero_optimization", {}).get("stage") != 3:
+        return
+    blocks = moe_blocks(model)
+    if blocks:
+        from deepspeed.utils import set_z3_leaf_modules
+
+        set_z3_leaf_modules(model, blocks)
+        log.info("ZeRO-3: MoE blocks gathered whole: %s", ", ".join(b.__name__ for b in blocks))
+
+
 def preflight(cfg: TrainConfig) -> None:
     """Options that need a GPU fail here, before any model is loaded, with the option named."""
     if torch.cuda.is_available():
@@ -403,6 +422,7 @@ def run_stage(run: Run, si: int, stage: StageConfig) -> Path:
     accelerator = _accelerator(cfg, stage, run.run_dir)
     set_seed(cfg.seed + si)
     llava = apply_stage(a.model, stage)
+    _zero3_moe_leaves(cfg, llava)
     if cfg.gradient_checkpointing:
         llava.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     uses_cache = stage.uses_cache and a.supports_feature_cache

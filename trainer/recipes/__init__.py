@@ -33,7 +33,7 @@ class Recipe:
     name: str
     seeds: tuple[str, ...]
     vision: str  # stand-in tower family: clip | siglip | convnext
-    lm: str  # stand-in LM family: llama | gpt2 | mixtral | qwen2_moe
+    lm: str  # stand-in LM family: llama | gpt2 | mixtral | qwen2_moe | remote (a Mixtral shipped as its own code)
     text_only: tuple[str, ...] = ()  # source paths that hold text-only rows (persona-qa)
     mixed: tuple[str, ...] = field(default=())  # source paths whose stand-in mixes text rows into image rows
 
@@ -46,7 +46,7 @@ RECIPES = {r.name: r for r in (
     Recipe("seed000_llava_tinyllama", ("000",), vision="clip", lm="llama"),
     Recipe("seed001_convllava_jp", ("001",), vision="convnext", lm="gpt2"),
     Recipe("seed002_llama3v", ("002",), vision="siglip", lm="llama"),
-    Recipe("seed003_tanuki_vision", ("003", "004"), vision="siglip", lm="mixtral",
+    Recipe("seed003_tanuki_vision", ("003", "004"), vision="siglip", lm="remote",
            text_only=("runs/persona-qa",), mixed=("runs/category-recaption",)),
 )}
 
@@ -88,11 +88,15 @@ def tiny(name: str, out: Path, steps: int = 2, lm_family: str | None = None) -> 
     else:
         smoke.save_vision(out / "vision", recipe.vision)
         size = 32
-    smoke.save_lm(out / "lm", corpus, family=lm_family or recipe.lm)
+    family = lm_family or recipe.lm
+    if family == "remote":  # like Tanuki-8x8B: an MoE whose classes live in the checkpoint (trust_remote_code)
+        smoke.save_remote_code_lm(out / "lm", corpus, name="tanuki")
+    else:
+        smoke.save_lm(out / "lm", corpus, family=family)
     model["vision"], model["lm"] = str(out / "vision"), str(out / "lm")
     model.pop("attn_implementation", None)
-    if model.get("trust_remote_code"):
-        notes.append("model.trust_remote_code kept: the stand-in needs no remote code, the flag is passed through")
+    if model.get("trust_remote_code") and family != "remote":
+        notes.append("model.trust_remote_code kept, though this stand-in is a transformers class")
 
     made: dict[str, dict[str, Any]] = {}
 

@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("name")
     tiny.add_argument("out", type=Path)
     tiny.add_argument("--steps", type=int, default=2, help="optimizer steps per stage")
-    tiny.add_argument("--lm-family", choices=["llama", "gpt2", "mixtral", "qwen2_moe"], default=None)
+    tiny.add_argument("--lm-family", choices=["llama", "gpt2", "mixtral", "qwen2_moe", "remote"], default=None)
     args = p.parse_args(argv)
     if args.cmd == "list":
         for name in recipes.names():
