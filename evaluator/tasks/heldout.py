@@ -7,7 +7,8 @@ DatasetDict every time, the trainer reads `{path: DIR, split: train}`, and this 
 `test` — the rows the model never saw. Given a run folder or plain dataset folder instead, the
 task applies the same split itself and evaluates its held-out part.
 
-A row becomes a sample from its first user turn (question, the `<image>` placeholder removed)
+A row becomes a sample from its first user turn (question, the `<image>` placeholder removed: the
+picture is sent first)
 and the first assistant turn (reference); rows without an image are evaluated text-only.
 """
 
@@ -94,9 +95,11 @@ def load(source: str | None) -> Iterator[Sample]:
         rows = split(source)["test"]
     rows = encoded_images(rows)
     for row in rows:
-        question = _first(row["messages"], "user").replace(PLACEHOLDER, "").strip()
+        # the picture goes first, as the trainer's "<image>\n質問" format puts it; the rest of the
+        # turn is kept as written (newline included), so the model sees the layout it was trained on
+        question = _first(row["messages"], "user").replace(PLACEHOLDER, "", 1)
         reference = _first(row["messages"], "assistant")
-        if not question or not reference:
+        if not question.strip() or not reference:
             continue
         image = row.get("image")
         yield Sample(id=row_key(row), question=question, reference=reference, images=[image_bytes(image)] if image else [])
