@@ -83,6 +83,15 @@ def test_tiny_recipe_runs_every_stage_reloads_and_generates(name, tmp_path):
     assert notes["recipe"] == name and any("random tiny" in n for n in notes["changes"])
 
 
+def test_tanuki_recipe_on_a_qwen2_moe_stand_in(tmp_path):
+    """The other transformers MoE family (shared expert + routed experts) through the same two stages."""
+    config = recipes.tiny("seed003_tanuki_vision", tmp_path / "q", lm_family="qwen2_moe")
+    assert train_main(config, []) == 0
+    loaded = load_model(tmp_path / "q" / "model")
+    assert loaded.model.config.text_config.model_type == "qwen2_moe"
+    assert [s["stage"] for s in training_data(tmp_path / "q" / "model")] == ["simple", "complex"]
+
+
 def test_tanuki_stand_in_is_remote_code_moe_that_reloads_and_resumes_in_a_fresh_process(tmp_path, monkeypatch):
     """Like Tanuki-8x8B: the LM's classes ship in its folder. The saved VLM carries them; a new process
     refuses it without trust_remote_code, loads and generates with it, and resumes a stage from it."""

@@ -87,6 +87,9 @@ def test_anyres_tiles_wide_images_trains_mixed_batches_and_reloads_as_llava_next
     assert train_main(tmp_path / "c.yaml", []) == 0
     assert not (tmp_path / "cache").exists()  # anyres runs the tower live (tile counts vary per image)
     assert len(read_seen(tmp_path / "run", "finetune")) == 6
+    from safetensors.torch import load_file
+
+    assert "image_newline" in load_file(str(tmp_path / "model" / "mm_projector.safetensors"))  # LLaVA-NeXT's part
 
     from transformers import LlavaNextForConditionalGeneration
 

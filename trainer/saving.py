@@ -53,7 +53,9 @@ def save_stage_model(accelerator, step_module, processor, out: Path, cfg: TrainC
             state = {k.replace(".base_layer.", "."): v for k, v in state.items()}
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in check_projector(state).items()},
+        projector = check_projector(state)
+        projector.update({k[k.index("image_newline"):]: v for k, v in state.items() if k.endswith("image_newline")})
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in projector.items()},
                   str(out / "mm_projector.safetensors"))
         llava.save_pretrained(str(out), state_dict=state, safe_serialization=True)
         remote_code.copy_code(llava, out)  # a trust_remote_code LM's files travel with it
