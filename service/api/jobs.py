@@ -91,7 +91,10 @@ async def create_job(spec: Annotated[JobSpec, Body(openapi_examples=EXAMPLES)], 
     if violations:
         raise HTTPException(422, detail=[v.as_error() for v in violations])
     try:
-        await run_in_threadpool(gen.parse_params, params)  # validators may look at the file system
+        if params == spec.params:  # no local path: validation is pure CPU, cheaper than a thread hop
+            gen.parse_params(params)
+        else:  # validators may look at the file system
+            await run_in_threadpool(gen.parse_params, params)
     except ValidationError as exc:
         raise HTTPException(422, detail=scrub_errors(clean_errors(exc.errors(), ["body", "params"]),
                                                      request)) from None
