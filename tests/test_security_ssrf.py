@@ -193,3 +193,23 @@ def test_a_quality_judge_role_follows_the_same_endpoint_rules(tmp_path):
         r = post({"base_url": "http://127.0.0.1:9/v1", "model": "J", "options": {"trust_remote_code": True}})
         assert r.status_code == 422 and r.json()["detail"][0]["type"] == "server_setting"
         assert post({"base_url": "http://127.0.0.1:9/v1", "model": "J"}).status_code == 201
+
+
+def test_a_worker_refuses_a_queued_spec_the_narrowed_policy_no_longer_allows(tmp_path):
+    seen: list[str | None] = []
+    with recording(LoopbackServer(), seen) as srv:
+        settings = settings_for(tmp_path)
+        with TestClient(create_app(settings)) as client:  # queued while loopback was allowed
+            job_id = client.post("/v1/jobs", json={"generator": "persona-qa", "n": 1, "roles": {
+                "default": {"base_url": srv.base_url, "model": "M", "api_key": KEY}}}).json()["id"]
+            narrowed = settings.model_copy(update={"allowed_endpoints": ["vllm.internal"]})
+            previous = policy.current()
+            policy.activate(policy.Policy.from_settings(narrowed))
+            try:
+                store = client.app.state.store
+                final = asyncio.run(run_claimed(store, store.claim("w"), narrowed, "w", threading.Event()))
+            finally:
+                policy.activate(previous)
+            job = status_of(client, job_id)
+    assert final == "failed" and "outside this server's policy" in job["error"] and KEY not in job["error"]
+    assert seen == []  # not one request reached the server
