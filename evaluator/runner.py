@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +53,16 @@ def question_messages(sample: Sample) -> list[dict[str, Any]]:
     return [user([*parts, {"type": "text", "text": sample.question}])]
 
 
-def load_samples(task: Task, ref: TaskRef) -> list[Sample]:
-    out = []
-    for sample in task.load(ref.source):
-        out.append(sample)
-        if ref.limit and len(out) >= ref.limit:
-            break
-    return out
+def iter_samples(task: Task, ref: TaskRef) -> Iterator[Sample]:
+    for i, sample in enumerate(task.load(ref.source)):
+        if ref.limit and i >= ref.limit:
+            return
+        yield sample
+
+
+def count_samples(task: Task, ref: TaskRef) -> int:
+    """A first pass for progress totals; keeps nothing (the pictures are read again when asked)."""
+    return sum(1 for _ in iter_samples(task, ref))
 
 
 class Evaluation:
@@ -71,9 +75,10 @@ class Evaluation:
         self.progress = progress
         self.done = 0
         self.total = 0
-        # bound the samples in flight (each holds an encoded image) to a few times what the
-        # model role admits at once; the role's own admission does the exact limiting
-        self._inflight = asyncio.Semaphore(max(4, 2 * int(self.model.config.concurrency or 8)))
+        # Samples are read lazily and at most a few times what the model role admits are in flight
+        # (each holds its pictures), so a benchmark of large page images never sits in memory
+        # whole; the role's own admission does the exact limiting.
+        self.window = max(4, 2 * int(self.model.config.concurrency or 8))
 
     def _tick(self, task: str) -> None:
         self.done += 1
@@ -83,31 +88,53 @@ class Evaluation:
     async def _one(self, task: Task, sample: Sample) -> dict[str, Any]:
         row: dict[str, Any] = {"id": sample.id, "question": sample.question, "reference": sample.reference,
                                **{k: v for k, v in sample.meta.items() if isinstance(v, str | int | float)}}
-        async with self._inflight:
-            try:
-                result = await self.model.chat(question_messages(sample), **self.spec.generation.sampling())
-                row.update(answer=result.text, finish_reason=result.finish_reason,
-                           completion_tokens=result.completion_tokens)
-            except RequestError as exc:
-                row.update(answer="", error=exc.reason)
-            if task.rouge:  # here, while other samples wait on the network, not in a pass at the end
-                row["rouge_l"] = rouge_l([sample.reference], [row["answer"]])[0]
-            if task.exact is not None:
-                row["exact"] = task.exact(sample, row["answer"])
-            if self.judge is not None and task.judge and row["answer"]:
-                if task.judge == "heron":
-                    j = await self.judge.judge("heron", task.name, sample.id, row["answer"], question=sample.question,
-                                               reference=sample.reference, context=sample.meta.get("context", ""))
-                else:
-                    j = await self.judge.judge("answer", task.name, sample.id, row["answer"],
-                                               question=sample.question, reference=sample.reference)
-                row["judgement"] = j.as_dict()
+        try:
+            result = await self.model.chat(question_messages(sample), **self.spec.generation.sampling())
+            row.update(answer=result.text, finish_reason=result.finish_reason,
+                       completion_tokens=result.completion_tokens)
+        except RequestError as exc:
+            row.update(answer="", error=exc.reason)
+        if task.rouge:  # here, while other samples wait on the network, not in a pass at the end
+            row["rouge_l"] = rouge_l([sample.reference], [row["answer"]])[0]
+        if task.exact is not None:
+            row["exact"] = task.exact(sample, row["answer"])
+        if self.judge is not None and task.judge and row["answer"]:
+            if task.judge == "heron":
+                j = await self.judge.judge("heron", task.name, sample.id, row["answer"], question=sample.question,
+                                           reference=sample.reference, context=sample.meta.get("context", ""))
+            else:
+                j = await self.judge.judge("answer", task.name, sample.id, row["answer"],
+                                           question=sample.question, reference=sample.reference)
+            row["judgement"] = j.as_dict()
         self._tick(task.name)
         return row
 
-    async def run_task(self, task: Task, ref: TaskRef, samples: list[Sample]) -> dict[str, Any]:
+    async def _all(self, task: Task, ref: TaskRef) -> list[dict[str, Any]]:
+        """Every sample through `_one`, read in chunks off the event loop, `window` in flight."""
+        slots = asyncio.Semaphore(self.window)
+        it = iter_samples(task, ref)
+        running: list[asyncio.Task[dict[str, Any]]] = []
+
+        async def one(sample: Sample) -> dict[str, Any]:
+            try:
+                return await self._one(task, sample)
+            finally:
+                slots.release()
+
+        try:
+            while chunk := await asyncio.to_thread(lambda: list(islice(it, 32))):
+                for sample in chunk:
+                    await slots.acquire()
+                    running.append(asyncio.ensure_future(one(sample)))
+            return list(await asyncio.gather(*running))
+        except BaseException:
+            for t in running:
+                t.cancel()
+            raise
+
+    async def run_task(self, task: Task, ref: TaskRef) -> dict[str, Any]:
         start = time.perf_counter()
-        rows = await asyncio.gather(*(self._one(task, s) for s in samples))
+        rows = await self._all(task, ref)
         metrics = scoring.task_metrics(rows, task.judge if self.judge is not None else None)
         name, value = scoring.headline(metrics, task.headline)
         return {"title": task.title, "source": ref.source or task.hub_id, "n": len(rows),
@@ -140,13 +167,10 @@ async def evaluate(spec: EvalSpec, out_dir: str | Path | None = None, progress: 
         "generation": spec.generation.model_dump(), "spec": spec.public_dict(), "tasks": {},
     }
     try:
-        loaded = []
         for task, ref in tasks:
-            samples = await asyncio.to_thread(load_samples, task, ref)
-            loaded.append((task, ref, samples))
-            ev.total += len(samples)
-        for task, ref, samples in loaded:
-            report["tasks"][task.name] = await ev.run_task(task, ref, samples)
+            ev.total += await asyncio.to_thread(count_samples, task, ref)
+        for task, ref in tasks:
+            report["tasks"][task.name] = await ev.run_task(task, ref)
     finally:
         if cache is not None:
             cache.close()
