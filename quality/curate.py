@@ -331,28 +331,41 @@ async def _run_stage(source: Source, out_writer: Callable[[list[pa.Array]], None
         run_steps(batch, after)
         out_writer(_out_columns(batch, has_key, with_judge, carried_judge))
 
+    def prepare(it: Iterator[Batch]) -> Batch | None:
+        batch = next(it, None)
+        if batch is not None:
+            if pre_cut is not None:
+                pre_cut(batch, cur)
+            run_steps(batch, before)
+        return batch
+
+    # With a judge, the CPU work (reading, dedup, filters, writing) runs in a worker thread so
+    # the event loop keeps sending judge requests and reading replies meanwhile; one thread at
+    # a time touches the steps and the writers, so they need no locks.
+    offload: Callable[..., Any] = asyncio.to_thread if judge is not None else _inline
+    it = _read(source, batch_size, read_cols, has_key, view)
     pending: Batch | None = None
-    for batch in _read(source, batch_size, read_cols, has_key, view):
+    while (batch := await offload(prepare, it)) is not None:
         seen += len(batch.keys)
-        if pre_cut is not None:
-            pre_cut(batch, cur)
-        run_steps(batch, before)
         if judge is not None:
             cur.counts[judge.name].entered += sum(batch.alive)
             batch.judge_task = asyncio.create_task(judge.score_batch(batch))
         if pending is not None:
             if pending.judge_task is not None:
                 await pending.judge_task
-            finish(pending)
+            await offload(finish, pending)
         pending = batch
-        await asyncio.sleep(0)  # let the judge's requests go out before the next batch is read
         if progress is not None:
             progress(seen)
     if pending is not None:
         if pending.judge_task is not None:
             await pending.judge_task
-        finish(pending)
+        await offload(finish, pending)
     return seen
+
+
+async def _inline(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
 
 
 async def curate_async(source: str | Path | Source, out: str | Path, steps: str | list[Any], *,

@@ -204,7 +204,7 @@ class Judge:
             # server without response_format refuses once rather than once per record in flight.
             self._probe = self._probe or asyncio.Lock()
             async with self._probe:
-                if not self.structured_refused:
+                if not self.structured_refused and not self._structured_ok:
                     try:
                         text = await self._structured(messages, sampling, with_ref)
                         self._structured_ok = True
@@ -213,6 +213,8 @@ class Judge:
                         if exc.reason not in ("http_400", "http_422"):
                             raise
                         self.structured_refused = True  # no structured output here: ask plainly
+            if self._structured_ok:  # settled by another request while this one waited
+                return parse_judgement(await self._structured(messages, sampling, with_ref))
         result = await self.role.chat(messages, **sampling)
         return parse_judgement(result.text)
 
