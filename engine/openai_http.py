@@ -12,8 +12,10 @@ from typing import Any
 import aiohttp
 import orjson
 
+from synthgen.engine.backends import Backend, ChatClient
 from synthgen.engine.errors import RequestError, http_error
 from synthgen.engine.messages import ChatResult, Message
+from synthgen.spec import RoleConfig
 
 
 class OpenAIHTTPClient:
@@ -74,3 +76,26 @@ def parse_completion(raw: bytes, model: str) -> ChatResult:
         )
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
         raise RequestError("bad_response", f"{type(exc).__name__}: {raw[:200]!r}", retryable=True) from None
+
+
+def make(cfg: RoleConfig) -> ChatClient:
+    """One server, or a pool when the role lists several `base_urls` (least outstanding first)."""
+    key = cfg.api_key.get_secret_value() if cfg.api_key else None
+    extra = cfg.options.get("extra_body")
+    if len(cfg.endpoints()) > 1:
+        from synthgen.engine.pool import PooledClient
+
+        return PooledClient.openai(cfg.endpoints(), cfg.model or "", api_key=key, extra_body=extra)
+    assert cfg.base_url and cfg.model
+    return OpenAIHTTPClient(cfg.base_url, cfg.model, api_key=key, extra_body=extra)
+
+
+def check(role: str, cfg: RoleConfig) -> None:
+    if not cfg.base_url:
+        raise ValueError(f"role {role!r}: the openai engine needs base_url (or --base-url)")
+    if not cfg.model:
+        raise ValueError(f"role {role!r}: no model name (set --model or roles.{role}.model)")
+
+
+backend = Backend(name="openai", make=make, check=check, own_timeout=True,
+                  description="chat completions over HTTP: vLLM, SGLang, TGI or any OpenAI-compatible API")

@@ -11,25 +11,19 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
+from synthgen.engine import backends
 from synthgen.engine.admission import AdaptiveLimit
+from synthgen.engine.backends import ChatClient
 from synthgen.engine.errors import RequestError
 from synthgen.engine.messages import ChatResult, Message
 from synthgen.spec import DEFAULT_ROLE, JobSpec, RoleConfig
 
 DEFAULTS = RoleConfig(engine="openai", concurrency=256, timeout=120.0, max_attempts=6, temperature=0.7,
                       max_tokens=1024)
-
-
-class ChatClient(Protocol):
-    model: str
-
-    async def complete(self, messages: list[Message], sampling: dict[str, Any], timeout: float) -> ChatResult: ...
-
-    async def aclose(self) -> None: ...
 
 
 @dataclass
@@ -69,6 +63,8 @@ class Role:
         self._timeout = float(config.timeout or DEFAULTS.timeout or 120.0)
         self.admission = AdaptiveLimit(config.concurrency or DEFAULTS.concurrency or 256)
         self._attempts = config.max_attempts or DEFAULTS.max_attempts or 6
+        # In-process backends cannot time a request out themselves: the role does it for them.
+        self._guard_timeout = not backends.get(config.engine or "openai").own_timeout
 
     def _count_retry(self, _state: Any) -> None:
         self.usage.retries += 1
@@ -110,7 +106,14 @@ class Role:
         admission = self.admission
         await admission.acquire()
         try:
-            result = await self.client.complete(messages, params, self._timeout)
+            if self._guard_timeout:
+                try:
+                    async with asyncio.timeout(self._timeout):
+                        result = await self.client.complete(messages, params, self._timeout)
+                except TimeoutError:
+                    raise RequestError("timeout", f"no answer in {self._timeout:g}s", retryable=True) from None
+            else:
+                result = await self.client.complete(messages, params, self._timeout)
         except RequestError as exc:
             if exc.reason == "http_429":
                 admission.overloaded()
@@ -136,16 +139,12 @@ def resolve_roles(configured: Mapping[str, RoleConfig], needed: tuple[str, ...])
         cfg = configured.get(role, RoleConfig()).merged_over(base)
         if cfg.engine is None:
             cfg = cfg.model_copy(update={"engine": "openai" if cfg.base_url else "transformers"})
-        if cfg.engine == "transformers" and not cfg.concurrency:
-            cfg = cfg.model_copy(update={"concurrency": 8})
+        backend = backends.get(cfg.engine)  # UnknownBackend (a LookupError) names the registered ones
+        if backend.default_concurrency and not cfg.concurrency:
+            cfg = cfg.model_copy(update={"concurrency": backend.default_concurrency})
         cfg = cfg.merged_over(DEFAULTS.model_copy(update={"engine": cfg.engine}))
-        if cfg.engine == "openai":
-            if not cfg.base_url:
-                raise ValueError(f"role {role!r}: the openai engine needs base_url (or --base-url)")
-            if not cfg.model:
-                raise ValueError(f"role {role!r}: no model name (set --model or roles.{role}.model)")
-        if cfg.engine == "vllm" and not cfg.model:
-            raise ValueError(f"role {role!r}: the vllm engine needs a model (Hub id or local path)")
+        if backend.check:
+            backend.check(role, cfg)
         resolved[role] = cfg
     return resolved
 
@@ -169,26 +168,11 @@ def with_smoke_defaults(spec: JobSpec, resolved: Mapping[str, RoleConfig]) -> Jo
 
 def _client_key(cfg: RoleConfig) -> tuple[Any, ...]:
     secret = cfg.api_key.get_secret_value() if cfg.api_key else None
-    return (cfg.engine, cfg.base_url, cfg.model, secret, repr(sorted(cfg.options.items())))
+    return (cfg.engine, tuple(cfg.endpoints()), cfg.model, secret, repr(sorted(cfg.options.items())))
 
 
 def make_client(cfg: RoleConfig) -> ChatClient:
-    if cfg.engine == "openai":
-        from synthgen.engine.openai_http import OpenAIHTTPClient
-
-        assert cfg.base_url and cfg.model
-        return OpenAIHTTPClient(cfg.base_url, cfg.model,
-                                api_key=cfg.api_key.get_secret_value() if cfg.api_key else None,
-                                extra_body=cfg.options.get("extra_body"))
-    if cfg.engine == "transformers":
-        from synthgen.engine.transformers_engine import TransformersClient
-
-        return TransformersClient.from_config(cfg)
-    if cfg.engine == "vllm":
-        from synthgen.engine.vllm_engine import VLLMClient
-
-        return VLLMClient.from_config(cfg)
-    raise ValueError(f"unknown engine {cfg.engine!r}")
+    return backends.get(cfg.engine or "openai").make(cfg)
 
 
 def build_roles(resolved: Mapping[str, RoleConfig]) -> dict[str, Role]:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from synthgen.engine.backends import Backend
 from synthgen.engine.errors import EngineUnavailable, RequestError
 from synthgen.engine.local_batch import LocalRequest, MicroBatcher, truncate_at_stop
 from synthgen.engine.messages import ChatResult, Message
@@ -69,9 +70,6 @@ class TransformersClient:
         return cls(folder, gguf_file=gguf, device=opts.get("device"), dtype=opts.get("dtype"),
                    max_batch=int(opts.get("max_batch", 8)), display_name=SMOKE_MODEL_NAME)
 
-    @property
-    def is_smoke_model(self) -> bool:
-        return self.model == SMOKE_MODEL_NAME
 
     def load(self) -> None:
         """Load once, on the model thread's first batch (or eagerly, from a test)."""
@@ -172,3 +170,10 @@ def ready_for_generation(model: Any, tok: Any, device: str | None) -> None:
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+
+
+backend = Backend(
+    name="transformers", in_process=True, default_concurrency=8, make=TransformersClient.from_config,
+    description="a Hugging Face checkpoint (text or LLaVA-style VLM) in this process; with no model, the "
+                "embedded smoke-test model",
+)

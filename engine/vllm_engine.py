@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from synthgen.engine.backends import Backend
 from synthgen.engine.errors import EngineUnavailable
 from synthgen.engine.local_batch import LocalRequest, MicroBatcher
 from synthgen.engine.messages import ChatResult, Message
@@ -64,3 +65,12 @@ class VLLMClient:
 
     async def aclose(self) -> None:
         await self._batcher.aclose()
+
+
+def _check(role: str, cfg: RoleConfig) -> None:
+    if not cfg.model:
+        raise ValueError(f"role {role!r}: the vllm engine needs a model (Hub id or local path)")
+
+
+backend = Backend(name="vllm", in_process=True, make=VLLMClient.from_config, check=_check,
+                  description="vLLM's offline engine in this process (GPU), continuous batching")
