@@ -69,7 +69,8 @@ def test_text_rows_skipped_in_projector_stage_and_trained_in_lm_stage_at_batch_s
               {"name": "finetune", "train_lm": "full", "learning_rate": 1e-3, "epochs": 1, "batch_size": 1},
               {"name": "finetune-mixed", "train_lm": "lora", "learning_rate": 1e-3, "max_steps": 2, "batch_size": 3,
                "lora": {"r": 2, "alpha": 4, "dropout": 0.0}}]
-    assert train_main(write(base(parts, tmp_path, stages), tmp_path / "c.yaml"), []) == 0
+    cfg = base(parts, tmp_path, stages, gradient_checkpointing=True)  # LoRA + checkpointing on text-only batches too
+    assert train_main(write(cfg, tmp_path / "c.yaml"), []) == 0
     run_dir = tmp_path / "run"
     assert read_status(run_dir)["state"] == "succeeded"
     import datasets
@@ -124,6 +125,11 @@ def test_projector_stage_without_image_rows_is_skipped_not_crashed(parts, tmp_pa
     assert "no rows with an image" in summary["pretrain"]["skipped"]
     assert summary["finetune"]["steps"] == 2
     assert len(read_seen(tmp_path / "run", "finetune")) == 4
+    # the LM learned from the text rows: its weights moved from the pretrained ones
+    before = load_file(str(parts / "lm" / "model.safetensors"))["model.layers.0.self_attn.q_proj.weight"]
+    after = load_file(str(tmp_path / "model" / "model.safetensors"))
+    key = next(k for k in after if k.endswith("layers.0.self_attn.q_proj.weight") and "vision" not in k)
+    assert before.shape == after[key].shape and not torch.equal(before, after[key])
 
 
 def test_resume_is_exact_with_per_stage_data(parts, tmp_path, monkeypatch):

@@ -57,9 +57,15 @@ def test_real_recipes_say_what_needs_a_gpu(name, needs, tmp_path):
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_tiny_recipe_runs_every_stage_reloads_and_generates(name, tmp_path):
+    """`synthgen train --config` on the recipe's stand-in: every stage, its own data, saved, reloaded, generating."""
+    from typer.testing import CliRunner
+
+    from synthgen.service.cli import app
+
     stages, tower, lm, tokens = EXPECTED[name]
     config = recipes.tiny(name, tmp_path / "tiny")
-    assert train_main(config, []) == 0
+    result = CliRunner().invoke(app, ["train", "--config", str(config)])  # `synthgen train --config`
+    assert result.exit_code == 0, result.output
     run_dir = tmp_path / "tiny" / "run"
     assert read_status(run_dir)["state"] == "succeeded"
     summary = training_data(tmp_path / "tiny" / "model")
