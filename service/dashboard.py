@@ -41,10 +41,6 @@ def _ago(value: datetime | None) -> str:
 templates.env.filters["ago"] = _ago
 
 
-class LoginRequired(Exception):
-    pass
-
-
 def _authorised(request: Request) -> bool:
     auth = request.headers.get("authorization", "")
     token = auth[7:] if auth.lower().startswith("bearer ") else None

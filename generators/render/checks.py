@@ -75,12 +75,6 @@ def installed_fonts() -> FontCoverage:
     return FontCoverage.from_charsets(proc.stdout.splitlines())
 
 
-@lru_cache(maxsize=1)
-def has_japanese_font() -> bool:
-    cover = installed_fonts()
-    return all(cover.covers(c) for c in "あア漢字縦書")
-
-
 def pixel_stddev(image: bytes) -> float:
     """Grey-level standard deviation of a downscaled copy: near 0 means a blank picture."""
     with Image.open(io.BytesIO(image)) as img:
