@@ -42,3 +42,23 @@ def by_name(entries: Sequence[W], name: str) -> W:
         if getattr(entry, "name") == name:  # noqa: B009
             return entry
     raise KeyError(name)
+
+
+class Balancer:
+    """Deals k distinct names per call so counts track weights exactly (not a lottery): each pick
+    goes to the entry furthest behind its share, ties broken by a seeded RNG. Deterministic for a
+    seed, so inputs (and so record keys and resume) are stable."""
+
+    def __init__(self, weights: dict[str, float], seed: int) -> None:
+        self._weights = weights
+        self._counts = dict.fromkeys(weights, 0)
+        self._rng = random.Random(seed)
+
+    def deal(self, k: int) -> list[str]:
+        chosen: list[str] = []
+        for _ in range(min(k, len(self._weights))):
+            left = [n for n in self._weights if n not in chosen]
+            best = min(left, key=lambda n: ((self._counts[n] + 1) / self._weights[n], self._rng.random()))
+            self._counts[best] += 1
+            chosen.append(best)
+        return chosen

@@ -126,3 +126,22 @@ def preference_responder(body: dict[str, Any]) -> str:
     if body.get("model") == "rival" or float(body.get("temperature") or 0) > 1:
         return WRONG
     return RIGHT
+
+
+def caption_style_responder(body: dict[str, Any]) -> str | Reply:
+    """VLM and translator for caption-translate's style bank: the VLM names the style it was asked
+    for (found by its prompt), the translator answers in です・ます with the style's label."""
+    from synthgen.generators.caption_translate import bundled_styles
+
+    bank = bundled_styles()
+    prompt = last_user_text(body)
+    has_image = any(isinstance(m.get("content"), list) for m in body.get("messages", []))
+    if has_image:
+        style = next((s for s in bank if s.prompt_en == prompt or s.prompt_ja == prompt), None)
+        if style is None:
+            return Reply(status=400, raw=b'{"error": "unknown style prompt"}')
+        return f"[{style.name}] A red circle and a blue square on a white background, side by side."
+    if "英文:" in prompt:
+        label = prompt.split("画像の", 1)[1].split("です。", 1)[0]
+        return f"これは{label}です。白い背景に、赤い丸と青い四角が並んでいます。"
+    return Reply(status=400, raw=b'{"error": "unexpected prompt"}')

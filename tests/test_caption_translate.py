@@ -240,7 +240,9 @@ def test_bad_params_are_clear_errors(tmp_path):
 @pytest.mark.parametrize("style", ["short", "detailed", "dense"])
 def test_caption_prompt_asks_for_each_style(style):
     from synthgen.engine.prompts import Prompts
+    from synthgen.generators.caption_translate import bundled_styles
 
     prompts = Prompts("caption_translate")
-    assert style_of(prompts.render("caption", style=style, language="en")) == style
-    assert style_of(prompts.render("caption", style=style, language="ja")) == style
+    bank = {s.name: s for s in bundled_styles()}
+    assert style_of(prompts.render("caption", style=bank[style], language="en")) == style
+    assert style_of(prompts.render("caption", style=bank[style], language="ja")) == style

@@ -74,7 +74,7 @@ def test_levels_traits_final_answer_and_style_through_the_run(tmp_path):
             if row["task"] in ("math", "reasoning"):
                 assert final_answer(answer, "答え：") == answer.rsplit("答え：", 1)[1]
     systems = [p for p in prompts if "です・ます調" in p]
-    assert systems and all("答え：" in p for p in systems if "結論(数値なら単位も)" in p)
+    assert systems and all("答え：" in p for p in systems if "結論（数値なら単位も）" in p)
 
 
 def _full(persona_id: str) -> str:
