@@ -8,6 +8,12 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 fc-list 2>/dev/null | grep -qi "Noto Sans CJK" || need_apt+=(fonts-noto-cjk)
+# More Japanese typefaces for html-render (gothic, mincho, rounded, brush and handwriting-like), all Debian's.
+for pkg in fonts-ipafont fonts-ipaexfont fonts-takao fonts-vlgothic fonts-mplus fonts-motoya-l-maruberi \
+           fonts-motoya-l-cedar fonts-klee fonts-kiloji fonts-aoyagi-kouzan-t fonts-aoyagi-soseki \
+           fonts-kouzan-mouhitsu fonts-komatuna; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
