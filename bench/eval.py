@@ -7,7 +7,9 @@ answers finish in waves of C every L, each wave's judgements one L later, i.e. 2
 L x (ceil(N / C) + 1) seconds. The figure is achieved / ideal requests per second for the task
 phase (answers, judgements, Rouge-L and scoring; not the dataset load), the median of --rounds.
 Servers run in their own processes; a fresh judgement cache each round, so nothing is cached.
-The last line is a JSON object.
+Each round also runs the same pipeline with a bare aiohttp client (`plain_rps`): on a shared
+machine that says how much of the gap to the ideal is the machine and how much the evaluator
+(`vs_plain`). The last line is a JSON object.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from throughput import free_port, wait_for_port  # type: ignore[import-not-found]  # noqa: E402
+from throughput import free_port, wait_for_port  # type: ignore[import-not-found]
 
 
 def judge_reply(_body: dict) -> str:
@@ -94,6 +96,42 @@ def one_round(vlm: str, judge: str, source: Path, n: int, concurrency: int, cach
             "rouge_l": task["metrics"]["rouge_l"]}
 
 
+async def _plain(vlm: str, judge: str, source: Path, n: int, c: int) -> dict[str, float]:
+    """The same pipeline with nothing but aiohttp: per sample an answer request then a judge
+    request, C in flight per server, 2C samples at once. What this machine allows right now."""
+    import base64
+
+    import aiohttp
+    import datasets
+
+    ds = datasets.load_dataset(str(source), split="test").cast_column("image", datasets.Image(decode=False))
+    rows = [(r["question"], "data:image/png;base64," + base64.b64encode(r["image"]["bytes"]).decode())
+            for r in ds.select(range(n))]
+    model_slots, judge_slots, window = asyncio.Semaphore(c), asyncio.Semaphore(c), asyncio.Semaphore(2 * c)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        async def post(url: str, body: dict) -> str:
+            async with session.post(f"{url}/chat/completions", json=body) as resp:
+                return (await resp.json())["choices"][0]["message"]["content"]
+
+        async def one(question: str, url: str) -> None:
+            try:
+                async with model_slots:
+                    answer = await post(vlm, {"model": "m", "max_tokens": 256, "messages": [{"role": "user", "content": [
+                        {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": question}]}]})
+                async with judge_slots:
+                    await post(judge, {"model": "j", "messages": [{"role": "user", "content": question + answer}]})
+            finally:
+                window.release()
+
+        start = time.perf_counter()
+        tasks = []
+        for q, url in rows:
+            await window.acquire()
+            tasks.append(asyncio.ensure_future(one(q, url)))
+        await asyncio.gather(*tasks)
+        return {"seconds": time.perf_counter() - start, "requests": 2 * n}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--samples", type=int, default=500)
@@ -121,9 +159,13 @@ def main() -> None:
                     raise SystemExit(f"round {k}: expected {2 * n} good requests, got {r}")
                 r["achieved_rps"] = r["requests"] / r["seconds"]
                 r["ratio"] = r["achieved_rps"] / ideal_rps
+                plain = asyncio.run(_plain(vlm, judge, source, n, c))
+                r["plain_rps"] = plain["requests"] / plain["seconds"]
+                r["vs_plain"] = r["achieved_rps"] / r["plain_rps"]
                 rounds.append(r)
                 print(f"round {k}: {r['requests']} requests in {r['seconds']:.2f} s = {r['achieved_rps']:.0f} req/s "
-                      f"(ideal {ideal_rps:.0f}); ratio {r['ratio']:.3f}", file=sys.stderr)
+                      f"(ideal {ideal_rps:.0f}, plain aiohttp {r['plain_rps']:.0f}); ratio {r['ratio']:.3f}, "
+                      f"vs plain {r['vs_plain']:.3f}", file=sys.stderr)
     finally:
         for proc in (vlm_proc, judge_proc):
             proc.terminate()
@@ -131,6 +173,9 @@ def main() -> None:
     result = {"samples": n, "latency_s": lat, "concurrency": c, "ideal_rps": round(ideal_rps, 1),
               "achieved_rps": round(statistics.median(r["achieved_rps"] for r in rounds), 1),
               "ratio": round(statistics.median(r["ratio"] for r in rounds), 3),
+              "plain_rps": round(statistics.median(r["plain_rps"] for r in rounds), 1),
+              "plain_ratio": round(statistics.median(r["plain_rps"] for r in rounds) / ideal_rps, 3),
+              "vs_plain": round(statistics.median(r["vs_plain"] for r in rounds), 3),
               "rounds": [{k: round(v, 3) for k, v in r.items()} for r in rounds],
               "load_avg_1m": round(os.getloadavg()[0], 2), "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     print(json.dumps(result))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from synthgen.engine.errors import RequestError
@@ -45,7 +45,9 @@ class Judgement:
     structured: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"scores": dict(self.scores) if self.scores is not None else None, "reason": self.reason,
+                "raw": self.raw, "attempts": self.attempts, "cached": self.cached, "error": self.error,
+                "structured": self.structured}
 
 
 # -- parsing ------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ RougeScorer and an independent LCS over the same tokens, and against hand-comput
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import unicodedata
@@ -25,11 +26,22 @@ _EMOJI_RANGES = re.compile("[\U0001f600-\U0001f64f\U0001f300-\U0001f5ff\U0001f68
 _local = threading.local()
 
 
-def remove_emoji(text: str) -> str:
+@functools.cache
+def _emoji_table() -> dict[int, None]:
+    """str.translate table dropping every code point the emoji package calls an emoji on its
+    own (what a per-character `emoji.is_emoji` test drops), at C speed."""
     import emoji
 
-    kept = "".join(ch for ch in text if not emoji.is_emoji(ch))
-    return _EMOJI_RANGES.sub("", kept)
+    return {ord(key): None for key in emoji.EMOJI_DATA if len(key) == 1}
+
+
+def remove_emoji(text: str) -> str:
+    return _EMOJI_RANGES.sub("", text.translate(_emoji_table()))
+
+
+def warm_up() -> None:
+    """Load the dictionaries (emoji table, MeCab) once, before timing-sensitive work starts."""
+    tokenize("準備😀")
 
 
 def normalize(text: str) -> str:

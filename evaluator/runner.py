@@ -24,7 +24,7 @@ from synthgen.engine.roles import Role, build_roles, close_roles, resolve_roles
 from synthgen.evaluator import scoring
 from synthgen.evaluator.cache import JudgeCache
 from synthgen.evaluator.judge import Judge
-from synthgen.evaluator.metrics import rouge_l
+from synthgen.evaluator.metrics import rouge_l, warm_up
 from synthgen.evaluator.spec import EvalSpec, TaskRef
 from synthgen.evaluator.tasks import Sample, Task, get_task
 
@@ -169,6 +169,8 @@ async def evaluate(spec: EvalSpec, out_dir: str | Path | None = None, progress: 
     try:
         for task, ref in tasks:
             ev.total += await asyncio.to_thread(count_samples, task, ref)
+        if any(task.rouge for task, _ in tasks):
+            await asyncio.to_thread(warm_up)
         for task, ref in tasks:
             report["tasks"][task.name] = await ev.run_task(task, ref)
     finally:

@@ -79,3 +79,22 @@ def test_bit_parallel_lcs_equals_the_table_on_random_token_lists():
         b = [rng.choice("あいうえおきく") for _ in range(rng.randint(0, 40))]
         assert rouge_l_tokens(a, b) == pytest.approx(lcs_f(a, b), abs=1e-9)
         assert lcs_length(a, b) == lcs_length(b, a)
+
+
+def test_emoji_removal_equals_a_per_character_is_emoji_test():
+    """llm-jp-eval-mm drops each character `emoji.is_emoji` accepts, then a few ranges; our
+    translate table must drop exactly the same (ZWJ sequences, skin tones, flags, dingbats)."""
+    import random
+    import re
+
+    import emoji
+
+    from synthgen.evaluator.metrics import remove_emoji
+
+    ranges = re.compile("[\U0001f600-\U0001f64f\U0001f300-\U0001f5ff\U0001f680-\U0001f6ff"
+                        "\U0001f1e0-\U0001f1ff\U00002702-\U000027b0]+")
+    pool = [*"あいう漢字ＡＢ abc123。、😀👍🏻✨❤️‍🔥🇯🇵©®™↔️☺︎", *map(chr, range(0x2600, 0x27C0)), *map(chr, range(0x1F300, 0x1F700))]
+    rng = random.Random(3)
+    for _ in range(1000):
+        text = "".join(rng.choice(pool) for _ in range(rng.randint(0, 30)))
+        assert remove_emoji(text) == ranges.sub("", "".join(c for c in text if not emoji.is_emoji(c)))
