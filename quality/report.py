@@ -40,9 +40,12 @@ def japanese_font() -> str | None:
 
 
 def _plt() -> Any:
+    import logging
+
     import matplotlib
 
     matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # no per-chart INFO lines
     import matplotlib.pyplot as plt
 
     family = japanese_font()

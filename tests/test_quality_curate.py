@@ -198,3 +198,16 @@ def test_job_spec_quality_steps_run_after_the_job(tmp_path):
         assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
         assert client.get(f"/jobs/{job_id}/quality/..%2Fmanifest.json").status_code == 404
         store.dispose()
+
+
+def test_synthgen_run_applies_the_configs_quality_steps(tmp_path):
+    (tmp_path / "job.yaml").write_text("n: 6\nparams: {turns: 1}\nquality: [dedup, filter]\n")
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    with LoopbackServer() as srv:  # the same question every time: five exact repeats
+        proc = subprocess.run([*CLI, "run", "persona-qa", "-c", str(tmp_path / "job.yaml"), "--base-url", srv.base_url,
+                               "--model", "M", "--out", str(tmp_path / "run"), "-q"],
+                              capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "quality: 6 -> 1 records" in proc.stderr
+    man = orjson.loads((tmp_path / "run" / "quality" / "manifest.json").read_bytes())
+    assert man["dropped"] == {"dedup_exact": 5} and len(datasets.load_from_disk(str(tmp_path / "run"))) == 6
