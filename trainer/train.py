@@ -154,7 +154,7 @@ def make_optimizer(stage: StageConfig, groups: list[dict[str, Any]]) -> torch.op
         try:
             import bitsandbytes as bnb
         except ImportError as exc:
-            raise RuntimeError("optimizer adamw_8bit needs bitsandbytes: pip install bitsandbytes") from exc
+            raise RuntimeError("optimizer adamw_8bit needs bitsandbytes: pip install 'synthgen[train-gpu]'") from exc
         return bnb.optim.AdamW8bit(groups, lr=stage.learning_rate, betas=(0.9, 0.999))
     from transformers.optimization import Adafactor
 
@@ -181,8 +181,17 @@ def _zero3_moe_leaves(cfg: TrainConfig, model: torch.nn.Module) -> None:
 
 
 def preflight(cfg: TrainConfig) -> None:
-    """Options that need a GPU fail here, before any model is loaded, with the option named."""
+    """Options that need a GPU or an extra package fail here, before any model is loaded, naming the option."""
+    import importlib.util
+
+    missing = []
+    if cfg.deepspeed and importlib.util.find_spec("deepspeed") is None:
+        missing.append("deepspeed needs DeepSpeed: pip install 'synthgen[deepspeed]'")
+    if any(s.optimizer == "adamw_8bit" for s in cfg.stages) and importlib.util.find_spec("bitsandbytes") is None:
+        missing.append("optimizer adamw_8bit needs bitsandbytes: pip install 'synthgen[train-gpu]'")
     if torch.cuda.is_available():
+        if missing:
+            raise RuntimeError("; ".join(missing))
         return
     needs = [f"stages.{i}.optimizer=adamw_8bit" for i, s in enumerate(cfg.stages) if s.optimizer == "adamw_8bit"]
     if cfg.deepspeed:
@@ -358,7 +367,9 @@ def _order_digest(sd: StageData, cfg: TrainConfig) -> str:
     """What fixes a stage's data order: resume refuses a checkpoint whose data has since changed."""
     h = hashlib.sha256(json.dumps([cfg.data.seed, cfg.data.packing, cfg.data.max_length]).encode())
     h.update(np.ascontiguousarray(sd.order).tobytes())
-    h.update(np.asarray([(ex.source, ex.row, len(ex.input_ids)) for ex in sd.corpus.examples], np.int64).tobytes())
+    for ex in sd.corpus.examples:  # which row each example is, and its tokens
+        h.update(np.asarray([ex.source, ex.row, len(ex.input_ids)], np.int64).tobytes())
+        h.update(ex.input_ids.tobytes())
     return h.hexdigest()[:16]
 
 
