@@ -286,9 +286,11 @@ def _key_of(name: str, index: int) -> str:
 
 
 def _read(source: Source, batch_size: int, read_cols: list[str], has_key: bool,
-          view: TextView) -> Iterator[Batch]:
+          view: TextView, strip: tuple[str, ...] = ()) -> Iterator[Batch]:
     index = 0
     for data in source.batches(batch_size):
+        if strip:  # a dataset judged before and judged again: its old scores make way
+            data = data.drop_columns(list(strip))
         rows = data.select([c for c in read_cols if c in data.schema.names]).to_pylist()
         keys = ([str(r.get("key")) for r in rows] if has_key
                 else [_key_of(source.name, index + j) for j in range(data.num_rows)])
@@ -312,7 +314,7 @@ async def _run_stage(source: Source, out_writer: Callable[[list[pa.Array]], None
                      cur: Curation, *, batch_size: int, view: TextView, read_cols: list[str], has_key: bool,
                      with_judge: bool, carried_judge: bool, judge_cut: Callable[[float], bool] | None,
                      pre_cut: Callable[[Batch, Curation], None] | None = None,
-                     progress: Callable[[int], None] | None = None) -> int:
+                     progress: Callable[[int], None] | None = None, strip: tuple[str, ...] = ()) -> int:
     """One pass: read -> [pre_cut] -> steps before the judge -> judge (overlapped) -> steps after."""
     judge_at = next((i for i, s in enumerate(steps) if isinstance(s, JudgeStep)), None)
     before = steps if judge_at is None else steps[:judge_at]
@@ -343,7 +345,7 @@ async def _run_stage(source: Source, out_writer: Callable[[list[pa.Array]], None
     # the event loop keeps sending judge requests and reading replies meanwhile; one thread at
     # a time touches the steps and the writers, so they need no locks.
     offload: Callable[..., Any] = asyncio.to_thread if judge is not None else _inline
-    it = _read(source, batch_size, read_cols, has_key, view)
+    it = _read(source, batch_size, read_cols, has_key, view, strip)
     pending: Batch | None = None
     while (batch := await offload(prepare, it)) is not None:
         seen += len(batch.keys)
@@ -408,10 +410,14 @@ async def curate_async(source: str | Path | Source, out: str | Path, steps: str 
                 step = JudgeStep(params, judge_role, view, columns)
             built.append(step)
         judge = next((s for s in built if isinstance(s, JudgeStep)), None)
-        with_judge = judge is not None or carried_judge
         features = datasets.Features(src.features) if src.features is not None else None
         if features is None:
             raise ValueError(f"{src.name}: empty dataset")
+        strip: tuple[str, ...] = ()
+        if judge is not None and carried_judge:  # judged again: new scores replace the old
+            strip, carried_judge = (SCORE, REASON), False
+            del features[SCORE], features[REASON]
+        with_judge = judge is not None or carried_judge
         if not has_key:
             features = datasets.Features({"key": datasets.Value("string"), **features})
         if judge is not None and not carried_judge:
@@ -425,12 +431,13 @@ async def curate_async(source: str | Path | Source, out: str | Path, steps: str 
         if judge is not None and judge.params.top_fraction is not None:
             seen = await _two_pass(src, writer, built, cur, judge, batch_size=batch_size, view=view,
                                    read_cols=read_cols, has_key=has_key, out=out, features=features,
-                                   progress=progress)
+                                   progress=progress, strip=strip)
         else:
             seen = await _run_stage(src, writer.write, built, cur, batch_size=batch_size, view=view,
                                     read_cols=read_cols, has_key=has_key, with_judge=with_judge,
                                     carried_judge=carried_judge,
-                                    judge_cut=judge.threshold_cut() if judge else None, progress=progress)
+                                    judge_cut=judge.threshold_cut() if judge else None, progress=progress,
+                                    strip=strip)
         writer.close()
     finally:
         cur.drops.close()
@@ -462,7 +469,8 @@ async def curate_async(source: str | Path | Source, out: str | Path, steps: str 
 
 async def _two_pass(src: Source, writer: DatasetWriter, built: list[Any], cur: Curation, judge: JudgeStep, *,
                     batch_size: int, view: TextView, read_cols: list[str], has_key: bool, out: Path,
-                    features: datasets.Features, progress: Callable[[int], None] | None) -> int:
+                    features: datasets.Features, progress: Callable[[int], None] | None,
+                    strip: tuple[str, ...] = ()) -> int:
     """Top-fraction judging: score everything up to the judge into parquet staging, then cut at
     the fraction's score and run the later steps over the staged records."""
     at = built.index(judge)
@@ -475,7 +483,7 @@ async def _two_pass(src: Source, writer: DatasetWriter, built: list[Any], cur: C
         seen = await _run_stage(src, lambda cols: pq_writer.write_batch(pa.RecordBatch.from_arrays(cols, schema=schema)),
                                 built[:at + 1], cur, batch_size=batch_size, view=view, read_cols=read_cols,
                                 has_key=has_key, with_judge=True, carried_judge=False, judge_cut=None,
-                                progress=progress)
+                                progress=progress, strip=strip)
     finally:
         pq_writer.close()
     score, ties = top_fraction_cut(judge.histogram, judge.params.top_fraction or 1.0)

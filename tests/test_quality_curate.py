@@ -105,6 +105,16 @@ def test_parquet_and_jsonl_sources_without_key(tmp_path):
         ds = datasets.load_from_disk(str(out))
         assert m["dropped"] == {"dedup_exact": 5} and len(ds) == 30
         assert ds.column_names == ["key", "question", "answer"] and len(set(ds["key"])) == 30
+    # the streamed (Hub) reader on a local folder, and dedup against an earlier dataset
+    from synthgen.quality.sources import _from_hub
+
+    hub = _from_hub(str(tmp_path / "j"), "train")
+    assert sum(b.num_rows for b in hub.batches(8)) == 35
+    m = curate(tmp_path / "j", tmp_path / "again", [{"step": "dedup", "params": {"against": [str(tmp_path / "qa.parquet")]}}])
+    assert m["dropped"] == {"dedup_exact": 35} and m["output_rows"] == 0
+    assert m["dedup"]["against"] == {str(tmp_path / "qa.parquet"): 35}
+    first = orjson.loads((tmp_path / "again" / "drops.jsonl").read_bytes().splitlines()[0])
+    assert first["detail"]["kept_in"] == str(tmp_path / "qa.parquet")
 
 
 def test_cli_curate_and_report(tmp_path):

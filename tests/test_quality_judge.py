@@ -87,6 +87,14 @@ def test_judge_step_structured_output_threshold(tmp_path):
     drops = [orjson.loads(x) for x in (tmp_path / "out" / "drops.jsonl").read_bytes().splitlines()]
     assert {d["reason"] for d in drops} == {"judge_low_score", "judge_unparsed"} and len(drops) == 24
 
+    # judged again with a stricter cut: new scores replace the old columns
+    with LoopbackServer(judge) as srv:
+        m2 = asyncio.run(_curate(tmp_path / "out", tmp_path / "out2", srv.base_url,
+                                 [{"step": "judge", "params": {"min_score": 5}}]))
+    again = datasets.load_from_disk(str(tmp_path / "out2"))
+    assert again.column_names == out.column_names and set(again["judge_score"]) == {5.0}
+    assert m2["dropped"] == {"judge_low_score": 8} and len(again) == 8
+
 
 def test_judge_falls_back_when_response_format_is_refused_and_keeps_top_fraction(tmp_path):
     src = _dataset(tmp_path)
