@@ -152,6 +152,9 @@ def write_report(report: dict[str, Any], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     _atomic_write(out_dir / "report.json", json.dumps(report, ensure_ascii=False, indent=1, default=str))
     _atomic_write(out_dir / "report.md", markdown(report))
+    summary = {"label": report["label"], "created_at": report["created_at"], "model": report["model"],
+               "headline": {name: t["headline"] for name, t in report["tasks"].items()}}
+    _atomic_write(out_dir / "summary.json", json.dumps(summary, ensure_ascii=False))  # for lists: no samples
     chart([report], out_dir / "chart.png")
 
 

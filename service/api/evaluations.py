@@ -12,6 +12,7 @@ that run to succeed and then evaluates the model it saved.
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +26,6 @@ from starlette.concurrency import run_in_threadpool
 
 from synthgen.engine.roles import resolve_roles
 from synthgen.evaluator import launch
-from synthgen.evaluator.report import load_report
 from synthgen.evaluator.spec import EvalSpec
 from synthgen.evaluator.tasks import available as available_tasks
 from synthgen.policy import HUB_DATASET, Policy, PolicyError, check_roles
@@ -93,9 +93,8 @@ def _out(run_dir: Path) -> EvaluationOut:
     st = launch.status(run_dir)
     headline: dict[str, Any] = {}
     if st.get("has_report"):
-        try:
-            report = load_report(run_dir)
-            headline = {name: t["headline"] for name, t in report["tasks"].items()}
+        try:  # the small summary written beside the report, not the report with every sample
+            headline = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))["headline"]
         except (OSError, ValueError, KeyError):
             headline = {}
     state = st.get("state", "failed")
@@ -119,9 +118,9 @@ def list_evaluations(root: Path, limit: int = 200) -> list[EvaluationOut]:
     folder = root / FOLDER
     if not folder.is_dir():
         return []
-    dirs = [d for d in folder.iterdir() if (d / launch.SPEC_FILE).exists()]
-    dirs.sort(key=lambda d: d.stat().st_mtime, reverse=True)
-    return [_out(d) for d in dirs[:limit]]
+    items = [_out(d) for d in folder.iterdir() if (d / launch.SPEC_FILE).exists()]
+    items.sort(key=lambda e: e.created_at, reverse=True)  # newest first
+    return items[:limit]
 
 
 @router.post("/evaluations", status_code=201, response_model=EvaluationOut, responses={
