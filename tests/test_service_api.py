@@ -121,6 +121,7 @@ def test_job_runs_to_completion_on_a_worker(live):
     assert job["id"] in [j["id"] for j in listed["items"]]
     assert client.get("/v1/jobs", params={"generator": "other"}).json()["total"] == 0
     metrics = client.get("/v1/metrics").text
+    assert client.get("/metrics").text.splitlines()[:20] == metrics.splitlines()[:20]  # Prometheus's default path
     assert 'synthgen_jobs{status="succeeded"} 1.0' in metrics
     assert "synthgen_records_total 12.0" in metrics and "synthgen_tokens_total" in metrics
     assert 'synthgen_http_request_duration_seconds_count{method="POST",route="/v1/jobs",status="201"}' in metrics

@@ -136,6 +136,8 @@ def create_app(settings: Settings | None = None, store: JobStore | None = None) 
     app.include_router(meta.router, prefix="/v1", dependencies=guarded, responses=common)
     app.include_router(meta.open_router, prefix="/v1")
     app.add_api_route("/healthz", meta.healthz, include_in_schema=False)
+    # Prometheus scrapes /metrics unless told otherwise; the same handler, behind the same key.
+    app.add_api_route("/metrics", meta.metrics, include_in_schema=False, dependencies=guarded)
     _mount_dashboard(app)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(LimitsAndTiming, max_bytes=settings.max_request_bytes, latency=latency)

@@ -1,4 +1,4 @@
-"""`/v1/generators`, `/v1/healthz`, `/v1/metrics`."""
+"""`/v1/generators`, `/v1/healthz`, `/v1/metrics` (also served at `/metrics`, Prometheus's default path)."""
 
 from __future__ import annotations
 

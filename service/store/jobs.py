@@ -92,12 +92,22 @@ class JobStore:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
+        """One write transaction. On SQLite it starts with the database's write lock already
+        held (BEGIN IMMEDIATE), polled for every millisecond: SQLite's own busy handler sleeps
+        in steps of up to 100 ms, which became the API's tail latency (job inserts, cancels)
+        while a worker in another process was writing progress."""
         if not self._serialize:
             with self.engine.begin() as conn:
                 yield conn
             return
-        with self._write_lock, self.engine.begin() as conn:
-            yield conn
+        with self._write_lock, self.engine.connect() as conn:
+            _begin_immediate(conn)
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
 
     @classmethod
     def open(cls, url: str, *, run_migrations: bool = True) -> JobStore:
@@ -160,28 +170,12 @@ class JobStore:
                     fut.set_result(row)
 
     def _insert_batch(self, batch: list[tuple[JobRow, str, Future[JobRow]]]) -> None:
-        """One transaction for the batch. On SQLite, when a worker holds the write lock, poll
-        for it every millisecond or two: SQLite's own busy handler sleeps in steps of up to
-        100 ms, which became the API's POST tail latency while a job was writing progress."""
+        """One transaction for the batch (`write` waits for SQLite's lock without its sleeps)."""
         jobs = [{k: getattr(r, k) for k in _JOB_FIELDS} for r, _, _ in batch]
         specs = [{"job_id": r.id, "spec_json": sj} for r, sj, _ in batch]
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with self.write() as conn:
-                    if self.local:
-                        conn.exec_driver_sql("PRAGMA busy_timeout=2")
-                    try:
-                        conn.execute(insert(JOBS), jobs)
-                        conn.execute(insert(SPECS), specs)
-                    finally:
-                        if self.local:
-                            conn.exec_driver_sql("PRAGMA busy_timeout=30000")
-                return
-            except OperationalError as exc:
-                if not self.local or "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.001)
+        with self.write() as conn:
+            conn.execute(insert(JOBS), jobs)
+            conn.execute(insert(SPECS), specs)
 
     def get(self, job_id: str) -> JobRow | None:
         with self.engine.connect() as conn:
@@ -352,6 +346,28 @@ def _forget_secrets(conn: Connection, job_id: str, *, keep_publish: bool = False
     if changed:
         conn.execute(update(SPECS).where(SPECS.c.job_id == job_id).values(
             spec_json=json.dumps(spec, ensure_ascii=False)))
+
+
+LOCK_WAIT_S = 30.0
+
+
+def _begin_immediate(conn: Connection) -> None:
+    """Take SQLite's write lock, polling every millisecond (busy_timeout=1 makes each try return
+    at once) for up to LOCK_WAIT_S; then no statement of the transaction can meet a busy lock."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    conn.exec_driver_sql("PRAGMA busy_timeout=1")
+    try:
+        while True:
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                return
+            except OperationalError as exc:
+                conn.rollback()
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.001)
+    finally:
+        conn.exec_driver_sql("PRAGMA busy_timeout=30000")
 
 
 def _counters(progress: RunSnapshot) -> dict[str, Any]:
