@@ -74,7 +74,7 @@ def _confine(value: str, root: Path, loc: list[str | int], *, output: bool, poli
         raise invalid(loc, "path must be under the data root", "path_escape")
     candidate = Path(value) if value.startswith("/") else root / value
     if not output and not _LOCAL.match(value) and not candidate.exists():
-        if model and policy is not None and not policy.allow_model_downloads:
+        if model and not (policy is not None and policy.allow_model_downloads):  # no policy given: refuse
             raise invalid(loc, "model downloads are off on this server (SYNTHGEN_ALLOW_MODEL_DOWNLOADS); "
                           "name a model folder under the data root", "model_download_not_allowed")
         return value  # a Hub id such as org/name
