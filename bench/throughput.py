@@ -6,7 +6,9 @@ session, a semaphore) sending single-turn chat requests; (b) persona-qa records 
 engine, counting every request it sends. Both at the same concurrency. On a shared machine one
 measurement is noisy, so `--rounds` alternates the two and the ratio is the median of the
 rounds' ratios. The last line is a JSON object with ceiling_rps, engine_rps, ratio and
-peak_rss_mb (medians; `rounds` lists each round).
+peak_rss_mb (medians; `rounds` lists each round), and `spend`: requests sent ÷ requests the
+records needed (persona-qa: 2 per turn) for runs of n = 50 and n = 4,000 at the same
+concurrency, the check on exact admission (target ≤ 1.02).
 
 `--mode caption-translate` runs bench/caption_translate.py instead (two endpoints, VLM slower
 than LLM).
@@ -106,8 +108,9 @@ def _engine(base_url: str, concurrency: int, records: int) -> dict[str, float]:
         requests = sum(u["requests"] for u in result.manifest["usage"].values())
         assert result.manifest["counts"]["records"] == records, result.manifest["counts"]
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        needed = records * 2 * result.manifest["params"]["turns"]
         return {"rps": requests / elapsed, "records_per_s": records / elapsed, "requests": requests,
-                "peak_rss_mb": rss}
+                "requests_over_needed": requests / needed, "peak_rss_mb": rss}
 
 
 def _child(args: argparse.Namespace) -> None:
@@ -169,6 +172,12 @@ def main() -> None:
             result = {k: statistics.median(r[k] for r in rounds)
                       for k in ("ceiling_rps", "engine_rps", "ratio", "peak_rss_mb")}
             result["rounds"] = rounds
+            result["spend"] = {}
+            for n in (50, 4000):
+                run = _run_child("engine", base_url, "--concurrency", c, "--records", str(n))
+                result["spend"][f"n{n}"] = round(run["requests_over_needed"], 4)
+                print(f"n={n}: {run['requests']} requests, {run['requests_over_needed']:.4f} of what "
+                      f"{n} records need", file=sys.stderr)
     finally:
         server.terminate()
         server.wait(10)

@@ -53,7 +53,9 @@ def japanese_responder(body: dict[str, Any]) -> str:
         return "問題：ある潜水士が深さ30メートルの海底まで毎分5メートルの速さで潜ります。海底に着くまで何分かかりますか。"
     if "追加の質問" in prompt:
         return f"速さが毎分{3 + turn}メートルに変わった場合、同じ深さまで何分かかりますか。"
-    return "30メートルを毎分5メートルで割ると、30 ÷ 5 = 6 となります。したがって、海底に着くまでにかかる時間は6分です。"
+    speed = 5 if turn == 0 else 3 + turn - 1
+    return (f"30メートルを毎分{speed}メートルで割ると、30 ÷ {speed} = {30 / speed:g} となります。"
+            f"したがって、海底に着くまでにかかる時間は{30 / speed:g}分です。\n答え：{30 / speed:g}分")
 
 
 class LoopbackServer:
