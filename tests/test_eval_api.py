@@ -120,3 +120,28 @@ def test_evaluation_chained_onto_a_training_waits_and_follows_its_outcome(client
     assert st["state"] == "failed" and "ended failed" in st["error"]
     spec = (root / "evaluations" / eid / "spec.json").read_text()
     assert str(Path(root / "models" / "m1").resolve()) in spec  # the model under test is the training's output
+
+
+def test_evaluation_after_a_successful_training_scores_its_model(client, root):
+    from synthgen.trainer import smoke
+    from synthgen.trainer.assemble import assemble
+    from synthgen.trainer.config import ModelConfig
+
+    smoke.save_vision(root / "parts" / "v")
+    smoke.save_lm(root / "parts" / "lm", smoke.shapes_corpus())
+    a = assemble(ModelConfig(vision=str(root / "parts" / "v"), lm=str(root / "parts" / "lm")))
+    a.model.save_pretrained(root / "models" / "m2")  # what the training wrote to its output_dir
+    a.processor.save_pretrained(root / "models" / "m2")
+    run_dir = root / "trainings" / "t2"
+    store_trainings.create(client.app.state.store, config={"output_dir": "models/m2"}, run_dir=str(run_dir),
+                           training_id="t2")
+    write_training_status(run_dir, state="succeeded", output_dir=str(root / "models" / "m2"))
+    body = {"model": {"model": "unused", "options": {"device": "cpu"}}, "generation": {"max_tokens": 4},
+            "tasks": [{"name": "ja-vg-vqa-500", "source": "data/vg", "limit": 2}], "after_training": "t2"}
+    r = client.post("/v1/evaluations", json=body)
+    assert r.status_code == 201, r.text
+    st = wait(client, r.json()["id"], timeout=120)
+    assert st["state"] == "succeeded", st
+    report = client.get(f"/v1/evaluations/{st['id']}/report").json()
+    assert report["model"] == {"name": str((root / "models" / "m2").resolve()), "engine": "transformers", "base_url": None}
+    assert report["tasks"]["ja-vg-vqa-500"]["n"] == 2 and report["tasks"]["ja-vg-vqa-500"]["answers_failed"] == 0
