@@ -2,7 +2,7 @@
 
 Keyed by (task, sample id, the answer judged, judge model, judge prompt hash): the same answer
 to the same question by the same judge and prompt is never judged twice; a new prompt version
-or judge model is a new key. SQLite (WAL) so an evaluation in one process and a report in
+or judge model is a new key. Only parsed judgements are stored (the judge decides that). SQLite (WAL) so an evaluation in one process and a report in
 another can share the file; writes are small and rare next to model calls.
 """
 

@@ -221,7 +221,7 @@ class Judge:
             return Judgement(**{**hit, "cached": True})
         messages = self.messages(kind, answer=answer, **variables)
         result = await self._ask(kind, messages)
-        if self.cache is not None and result.error in (None, "unparseable"):
+        if self.cache is not None and result.error is None:  # failures are asked again next run
             self.cache.put(key, {**result.as_dict(), "cached": False})
         return result
 

@@ -116,12 +116,15 @@ async def test_unparseable_is_counted_apart_and_cached(tmp_path):
         good = await judge.judge("heron", "heron", "1", "一番の答え", question="q", reference="r", context="c")
         bad = await judge.judge("heron", "heron", "2", "二番の答え", question="q", reference="r", context="c")
         assert server.requests == 1 + 2  # the bad one asked twice (retries=1)
+        same = await judge.judge("heron", "heron", "1", "一番の答え", question="q", reference="r", context="c")
         again = await judge.judge("heron", "heron", "2", "二番の答え", question="q", reference="r", context="c")
         other = await judge.judge("heron", "heron", "1", "別の答え", question="q", reference="r", context="c")
-        assert server.requests == 4  # the repeat was a cache hit; a different answer was not
+        # the good repeat was a cache hit; the unparseable one is asked again (not cached); a different answer too
+        assert server.requests == 3 + 2 + 1
         await close_roles(roles)
     assert bad.scores is None and bad.error == "unparseable" and bad.raw == "採点できません" and bad.attempts == 2
-    assert again.cached and again.error == "unparseable" and judge.stats.cache_hits == 1
+    assert same.cached and same.scores == good.scores and judge.stats.cache_hits == 1
+    assert not again.cached and again.error == "unparseable" and judge.stats.unparseable == 2
     assert good.scores == other.scores == {"score_a": 8, "score_b": 4}
     rows = [{"category": "conv", "judgement": good.as_dict()}, {"category": "conv", "judgement": bad.as_dict()},
             {"category": "detail", "judgement": other.as_dict()}]
