@@ -30,6 +30,7 @@ from synthgen.engine.keys import record_key, row_key, seed_of
 from synthgen.engine.prompts import Prompts
 from synthgen.engine.roles import Role, build_roles, close_roles, resolve_roles
 from synthgen.engine.snapshot import RoleUsage, RunSnapshot
+from synthgen.redact import redact
 from synthgen.settings import Settings, get_settings
 from synthgen.spec import JobSpec, RoleConfig, RunState
 
@@ -188,6 +189,7 @@ async def _drive(spec: JobSpec, gen: plugin.Generator, params: Any, prompts: Pro
     if need <= 0:
         return
     tasks: set[asyncio.Task[None]] = set()
+    secrets = spec.secret_values()  # a server that echoes headers must not put a key on disk
     enough = asyncio.Event()
     stop_all = asyncio.Event()  # the run cannot go on (stats.error says why)
     changed = asyncio.Event()  # set whenever a record finishes: the gate below looks again
@@ -232,8 +234,8 @@ async def _drive(spec: JobSpec, gen: plugin.Generator, params: Any, prompts: Pro
     def _fail(index: int, key: str, item: dict[str, Any], reason: str, detail: str) -> None:
         stats.failed += 1
         stats.failures_by_reason[reason] = stats.failures_by_reason.get(reason, 0) + 1
-        store.add_failure({"key": key, "index": index, "reason": reason, "detail": detail[:2000],
-                           "input": _summary(item)})
+        store.add_failure({"key": key, "index": index, "reason": reason,
+                           "detail": redact(detail, secrets)[:2000], "input": _summary(item)})
         # Every record so far died on a connection that never opened (retries spent): the
         # endpoint is down or wrong. Going on would only burn the input budget and end with
         # advice to raise it, so stop and say so.

@@ -28,7 +28,7 @@ from synthgen.engine.executors import runner_for
 from synthgen.engine.runner import RunResult, RunStats, install_fast_loop
 from synthgen.engine.runs import Run
 from synthgen.service import chain
-from synthgen.service.scrub import scrub_run, scrub_text
+from synthgen.service.scrub import scrub_text
 from synthgen.service.store import JobStore
 from synthgen.service.store.jobs import Claimed
 from synthgen.settings import Settings, get_settings
@@ -43,14 +43,6 @@ SHUTDOWN_GRACE_S = 20.0
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-def secret_values(spec: JobSpec) -> list[str]:
-    found = [r.api_key.get_secret_value() for r in spec.roles.values() if r.api_key]
-    found += [q.role.api_key.get_secret_value() for q in spec.quality if q.role and q.role.api_key]
-    if spec.publish and spec.publish.token:
-        found.append(spec.publish.token.get_secret_value())
-    return [s for s in found if s]
 
 
 def redact(text: str, secrets: list[str], roots: list[str] | None = None) -> str:
@@ -169,7 +161,7 @@ async def run_claimed(store: JobStore, job: Claimed, settings: Settings, worker_
         await asyncio.to_thread(store.finish, job.id, worker_id, "failed",
                                 error=redact(f"stored spec is invalid: {type(exc).__name__}", []))
         return "failed"
-    secrets = secret_values(spec)
+    secrets = spec.secret_values()
     roots = [str(settings.data_root.resolve())]
     refused = outside_policy(spec)
     if refused:
@@ -220,15 +212,12 @@ async def run_claimed(store: JobStore, job: Claimed, settings: Settings, worker_
         result = None
     except Exception as exc:
         error = redact(f"{type(exc).__name__}: {exc}", secrets, roots)
-        await asyncio.to_thread(scrub_run, out, secrets)
         log.error("job %s failed: %s", job.id, error)
         await asyncio.to_thread(store.finish, job.id, worker_id, "failed", progress=snapshot, error=error)
         return "failed"
     if result is not None:
         snapshot = result.stats.snapshot()
     state = result.stats.state if result else "stopped"
-    if why != "lost":  # a secret a server echoed into an error must not stay on disk
-        await asyncio.to_thread(scrub_run, out, secrets)
     if state == "succeeded" and spec.quality:  # synthgen.quality post-steps; the lease is kept alive meanwhile
         from synthgen.quality.post import run_for_job
 

@@ -245,6 +245,15 @@ class JobSpec(BaseModel):
     def out_path(self, data_root: Path) -> Path:
         return Path(self.out) if self.out else data_root / "runs" / f"{self.generator}-seed{self.seed}"
 
+    def secret_values(self) -> list[str]:
+        """Every secret the spec carries (role API keys, the Hub token), for masking."""
+        found = [r.api_key.get_secret_value() for r in self.roles.values() if r.api_key]
+        found += [q.role.api_key.get_secret_value() for q in self.quality if q.role and q.role.api_key]
+        found += [w.secret.get_secret_value() for w in self.webhooks if w.secret]
+        if self.publish is not None and self.publish.token is not None:
+            found.append(self.publish.token.get_secret_value())
+        return [s for s in found if s]
+
     def public_dict(self) -> dict[str, Any]:
         """The spec as JSON with every secret masked, for manifests, logs and API answers."""
         return self.model_dump(mode="json")  # SecretStr dumps as '**********'

@@ -29,7 +29,6 @@ from synthgen.engine.runs import open_run
 from synthgen.loopback_server import LoopbackServer, Reply, japanese_responder
 from synthgen.service.api import create_app
 from synthgen.service.api.trainings import _out
-from synthgen.service.scrub import failure_logs
 from synthgen.service.worker import run_claimed
 
 KEY = "sk-echoed-secret-4b2a9f"
@@ -228,7 +227,7 @@ def test_serve_restarts_dead_workers_scrubs_secrets_and_keeps_files_private(serv
     assert done["status"] in ("failed", "incomplete") and done["progress"]["failed"] == 2
     assert KEY not in json.dumps(done)
     out = root / "jobs" / job["id"]
-    logs = failure_logs(out)
+    logs = sorted(out.rglob("*failures*.jsonl"))
     assert logs and all(KEY not in p.read_text() for p in logs)
     assert any("Authorization: Bearer ****" in p.read_text() for p in logs)  # scrubbed, not dropped
     with sqlite3.connect(root / "synthgen.db") as db:
