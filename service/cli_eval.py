@@ -130,11 +130,17 @@ def eval_command(
 
     try:
         report = asyncio.run(evaluate(spec, out, progress))
-    except (UnknownTask, ValueError, FileNotFoundError) as exc:
+    except (UnknownTask, ValueError) as exc:
         raise _fail(str(exc)) from None
+    except (ConnectionError, OSError) as exc:  # a Hub dataset that cannot be reached, a missing local copy
+        raise _fail(f"{exc} (a local copy in the Hub dataset's layout: --source TASK=PATH)") from None
     from synthgen.evaluator.report import markdown
 
     print(markdown(report).split("\n## Examples", 1)[0])
+    failed = sum(t["answers_failed"] for t in report["tasks"].values())
+    if failed:
+        console.print(f"[yellow]warning:[/] {failed} answers failed (see `error` in report.json); they score 0 "
+                      "and are not judged", highlight=False)
     console.print(f"report: {out}/report.json, report.md, chart.png", highlight=False)
 
 
