@@ -170,8 +170,9 @@ def test_rest_confines_each_stages_own_sources(tmp_path):
     from synthgen.service.api.trainings import confine_config
 
     root = tmp_path / "root"
-    (root / "jobs" / "a").mkdir(parents=True)
-    body = {"model": {"vision": "google/siglip-so400m-patch14-384", "lm": "llm-jp/llm-jp-3-1.8b"},
+    for d in ("jobs/a", "models/v", "models/l"):
+        (root / d).mkdir(parents=True)
+    body = {"model": {"vision": "models/v", "lm": "models/l"},
             "data": {"sources": []}, "output_dir": "models/x",
             "stages": [{"name": "s", "learning_rate": 1e-3, "sources": [{"path": "jobs/a", "image_root": "jobs/a"}]}]}
     cfg = confine_config(body, root, root / "runs" / "t")
