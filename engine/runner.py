@@ -172,6 +172,9 @@ async def run_job(spec: JobSpec, *, settings: Settings | None = None, stats: Run
         if roles is None:
             await close_roles(stats.roles)
     manifest = _manifest(spec, gen, params, resolved, prompts, store, stats, started_wall, features, made_by)
+    if stats.state == "failed" and store.remove_if_empty():
+        # Nothing was written (e.g. an empty source): leave no folder that blocks the next try.
+        return RunResult(out=out, stats=stats, manifest=manifest, dataset=None)
     write_manifest(out, manifest)
     if dataset is not None and spec.publish is not None:
         token = spec.publish.token.get_secret_value() if spec.publish.token else None
