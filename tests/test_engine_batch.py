@@ -24,6 +24,8 @@ from aiohttp import web
 from gen_responders import persona_qa_responder
 from pydantic import BaseModel
 
+from synthgen.engine import backends
+from synthgen.engine.errors import RequestError
 from synthgen.engine.openai_batch import default_state_dir
 from synthgen.engine.plugin import Generator, InputContext, RecordContext
 from synthgen.engine.roles import resolve_roles
@@ -45,6 +47,7 @@ class BatchServer:
         self.delay = delay
         self.hold = False
         self.expire = 0
+        self.fail_create: list[bool] = []  # per POST /v1/batches ahead: answer 500 (True: after creating it)
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self.inputs: list[list[dict[str, Any]]] = []  # the lines of each submitted batch, in order
@@ -97,6 +100,14 @@ class BatchServer:
 
     async def _create(self, request: web.Request) -> web.Response:
         body = await request.json()
+        if self.fail_create:
+            created = self.fail_create.pop(0)
+            if created:
+                await self._create_batch(body)
+            return web.json_response({"error": {"message": "injected"}}, status=500)
+        return web.json_response(await self._create_batch(body))
+
+    async def _create_batch(self, body: dict[str, Any]) -> dict[str, Any]:
         assert body["endpoint"] == "/v1/chat/completions" and body["completion_window"] == "24h"
         lines = [orjson.loads(x) for x in self.files[body["input_file_id"]].splitlines()]
         assert all(x["method"] == "POST" and x["url"] == "/v1/chat/completions" for x in lines)
@@ -109,7 +120,7 @@ class BatchServer:
             "request_counts": {"total": len(lines), "completed": 0, "failed": 0}, "metadata": body.get("metadata"),
             "_t": time.monotonic(), "_expire": self.expire > 0}
         self.expire = max(0, self.expire - 1)
-        return web.json_response(self._public(batch_id))
+        return self._public(batch_id)
 
     def _public(self, batch_id: str) -> dict[str, Any]:
         return {k: v for k, v in self.batches[batch_id].items() if not k.startswith("_")}
@@ -280,7 +291,9 @@ def test_a_stopped_run_resumes_onto_its_pending_batch(tmp_path: Path, data_root:
     out = tmp_path / "out"
 
     def spec(srv: BatchServer, **kw: Any) -> JobSpec:
-        return JobSpec(generator="persona-qa", n=5, out=str(out), params={"turns": 2}, roles=_roles(srv), **kw)
+        # flush_seconds: the runner looks at its stop event between waits of this length
+        return JobSpec(generator="persona-qa", n=5, out=str(out), params={"turns": 2}, roles=_roles(srv),
+                       flush_seconds=0.1, **kw)
 
     async def go() -> tuple[Any, Any, BatchServer, list[dict[str, Any]]]:
         async with BatchServer(persona_qa_responder) as srv:
@@ -332,3 +345,74 @@ def test_check_names_what_a_role_lacks() -> None:
         resolve(base_url="http://127.0.0.1:9/v1", model="M", options={"max_batch_requests": 50_001})
     cfg = resolve(base_url="http://127.0.0.1:9/v1", model="M")["writer"]
     assert cfg.concurrency == 50_000  # a batch takes what the run can give it
+
+
+def _client(srv: BatchServer, state: Path, **options: Any) -> Any:
+    cfg = RoleConfig.model_validate({"engine": "openai-batch", "base_url": srv.base_url, "model": "M",
+                                     "options": {**FAST, "batch_window_s": 0.05, "state_dir": str(state), **options}})
+    return backends.get("openai-batch").make(cfg)
+
+
+ASK = [{"role": "user", "content": "問題 7 を解いてください。"}]
+
+
+def test_a_submission_whose_answer_was_lost_is_found_again_not_paid_twice(tmp_path: Path) -> None:
+    """The server created the batch but the answer never arrived (a 500 here; a crash between
+    submitting and writing the batch id is the same): the entry has only its input file, and the
+    next caller with that request finds the batch among the server's batches."""
+    async def go() -> tuple[list[Any], BatchServer]:
+        async with BatchServer(lambda b: f"答えは {_i(b)} です。") as srv:
+            srv.fail_create = [True, False]  # created, then answered 500; the second one is refused outright
+            first = _client(srv, tmp_path / "s", max_retries=0)
+            with pytest.raises(RequestError) as lost:
+                await first.complete(ASK, {}, 5)
+            assert lost.value.reason == "http_500" and lost.value.retryable
+            await first.aclose()
+            entry = orjson.loads(next((tmp_path / "s").glob("*.json")).read_bytes())
+            assert entry["batch_id"] is None and entry["input_file_id"] == "file-1"
+            again = _client(srv, tmp_path / "s", max_retries=0)  # a restarted run
+            found = await again.complete(ASK, {}, 5)
+            # a request whose batch was never made is submitted again after one retryable refusal
+            other = [{"role": "user", "content": "問題 8 を解いてください。"}]
+            with pytest.raises(RequestError) as refused:
+                await again.complete(other, {}, 5)
+            with pytest.raises(RequestError) as missing:
+                await again.complete(other, {}, 5)
+            last = await again.complete(other, {}, 5)
+            await again.aclose()
+            return [lost.value, found, refused.value, missing.value, last], srv
+
+    (_, found, refused, missing, last), srv = asyncio.run(go())
+    assert found.text == "答えは 7 です。" and last.text == "答えは 8 です。"
+    assert refused.reason == "http_500" and missing.reason == "batch_not_submitted" and missing.retryable
+    assert [len(b) for b in srv.inputs] == [1, 1] and list(srv.batches) == ["batch_1", "batch_2"]
+    assert srv.calls["POST /v1/batches"] == 3 and srv.calls["POST /v1/files"] == 3  # the refused file, uploaded again
+    assert not list((tmp_path / "s").glob("*.json"))
+
+
+def test_a_cancelled_caller_leaves_its_batch_to_the_next_one(tmp_path: Path) -> None:
+    async def go() -> tuple[Any, Any, BatchServer]:
+        async with BatchServer(lambda b: f"答えは {_i(b)} です。", delay=0.1) as srv:
+            client = _client(srv, tmp_path / "s")
+            waiting = asyncio.create_task(client.complete(ASK, {}, 5))
+            while not srv.calls["POST /v1/batches"]:
+                await asyncio.sleep(0.005)
+            waiting.cancel()
+            await asyncio.sleep(0.2)  # the batch ends on the server meanwhile
+            same = await client.complete(ASK, {}, 5)
+            # another run holding a pending batch locks it: a second client never takes its results
+            srv.hold = True
+            held = asyncio.create_task(client.complete([{"role": "user", "content": "問題 9"}], {}, 5))
+            while srv.calls["POST /v1/batches"] < 2:
+                await asyncio.sleep(0.005)
+            held.cancel()
+            srv.hold = False
+            rival = _client(srv, tmp_path / "s")
+            own = await rival.complete([{"role": "user", "content": "問題 9"}], {}, 5)
+            await rival.aclose()
+            await client.aclose()
+            return same, own, srv
+
+    same, own, srv = asyncio.run(go())
+    assert same.text == "答えは 7 です。" and own.text == "答えは 9 です。"
+    assert srv.calls["POST /v1/batches"] == 3 and [len(b) for b in srv.inputs] == [1, 1, 1]
