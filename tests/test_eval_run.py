@@ -185,9 +185,6 @@ def test_cli_rejects_bad_input(tmp_path):
     assert res.exit_code == 2 and "unknown task" in res.output
     res = CliRunner().invoke(app, ["eval", "--model", "m", "--source", "jdocqa", "--base-url", "http://127.0.0.1:9/v1"])
     assert res.exit_code == 2 and "TASK=PATH" in res.output
-    res = CliRunner().invoke(app, ["eval", "--model", "m", "--tasks", "ja-vg-vqa-500", "--base-url", "http://127.0.0.1:9/v1",
-                                   "--out", str(tmp_path / "y")])  # the Hub is out of reach in tests
-    assert res.exit_code == 2 and "SakanaAI/JA-VG-VQA-500" in res.output and "--source TASK=PATH" in res.output
 
 
 def test_failed_answers_and_unparseable_judgements_are_reported_not_hidden(task_data, tmp_path):
