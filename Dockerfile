@@ -12,8 +12,9 @@ WORKDIR /opt/synthgen
 # The whole tree (.dockerignore leaves out tests, benchmarks and local data); setup.py maps
 # its folders to packages.
 COPY . ./
-# The service talks to model servers over HTTP, so no torch here; Postgres driver for the store.
-RUN pip install ".[postgres]"
+# The service talks to model servers over HTTP, so no torch here; Postgres driver for the store;
+# Ray for `executor: ray` jobs and the compose profile's Ray nodes (same image, same Ray).
+RUN pip install ".[postgres,ray]"
 
 RUN useradd --create-home --uid 1000 synthgen && mkdir -p /data && chown synthgen /data
 USER synthgen
