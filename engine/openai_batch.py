@@ -205,6 +205,8 @@ def _line_result(line: dict[str, Any], model: str) -> ChatResult | RequestError:
     response = line.get("response") or None
     error = line.get("error") or None
     if response is not None:
+        if "status_code" not in response and "choices" in response:  # the completion itself, unwrapped
+            response = {"status_code": 200, "body": response}
         status = int(response.get("status_code") or 0)
         raw = orjson.dumps(response.get("body"))
         if status == 200:

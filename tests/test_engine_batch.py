@@ -26,7 +26,8 @@ from pydantic import BaseModel
 
 from synthgen.engine import backends
 from synthgen.engine.errors import RequestError
-from synthgen.engine.openai_batch import default_state_dir
+from synthgen.engine.messages import ChatResult
+from synthgen.engine.openai_batch import _line_result, default_state_dir
 from synthgen.engine.plugin import Generator, InputContext, RecordContext
 from synthgen.engine.roles import resolve_roles
 from synthgen.engine.runner import RunStats, run_job
@@ -416,3 +417,20 @@ def test_a_cancelled_caller_leaves_its_batch_to_the_next_one(tmp_path: Path) -> 
     same, own, srv = asyncio.run(go())
     assert same.text == "答えは 7 です。" and own.text == "答えは 9 です。"
     assert srv.calls["POST /v1/batches"] == 3 and [len(b) for b in srv.inputs] == [1, 1, 1]
+
+
+def test_output_and_error_lines_become_results_or_reasons() -> None:
+    completion = {"choices": [{"message": {"content": "はい"}, "finish_reason": "stop"}],
+                  "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
+    ok = _line_result({"custom_id": "a", "response": {"status_code": 200, "body": completion}}, "M")
+    assert ok == ChatResult(text="はい", finish_reason="stop", prompt_tokens=3, completion_tokens=1, model="M")
+    assert _line_result({"custom_id": "a", "response": completion}, "M") == ok  # unwrapped, as some servers write
+    bad = _line_result({"custom_id": "a", "response": {"status_code": 400, "body": {"error": {}}}}, "M")
+    busy = _line_result({"custom_id": "a", "response": {"status_code": 429, "body": {}}}, "M")
+    expired = _line_result({"custom_id": "a", "response": None,
+                            "error": {"code": "batch_expired", "message": "not run in time"}}, "M")
+    odd = _line_result({"custom_id": "a", "error": {"code": "Invalid Model!"}}, "M")
+    assert isinstance(bad, RequestError) and (bad.reason, bad.retryable) == ("http_400", False)
+    assert isinstance(busy, RequestError) and (busy.reason, busy.retryable) == ("http_429", True)
+    assert isinstance(expired, RequestError) and (expired.reason, expired.retryable) == ("batch_expired", True)
+    assert isinstance(odd, RequestError) and (odd.reason, odd.retryable) == ("batch_invalid_model", False)
