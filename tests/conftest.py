@@ -1,5 +1,12 @@
 from __future__ import annotations
 
+import os
+
+# huggingface_hub and datasets read these once, at import: set them before anything imports them,
+# so a Hub call inside a test fails at once instead of retrying against the network guard.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
 import socket
 from collections.abc import Iterator
 
