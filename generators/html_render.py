@@ -6,13 +6,23 @@ passage, and (at the same time) Q&A whose answers are spans of the passage -> sa
 page and draw it in the sandboxed browser pool -> the "read all the text" target is the
 browser's own innerText, and a Q&A pair is kept only when its answer is both in the passage
 and in that visible text. No model ever looks at the picture to make the labels.
+
+Document layouts (a multi-page-like report, a table with merged cells, an invoice, a
+timetable) are model-written pages like the others, checked for the structure they promise
+(rowspan/colspan, page blocks). Chart layouts (bar, line, pie) are drawn by us as SVG from a
+generated table (generators/render/charts.py), with questions whose answers are computed from
+that table. Pages are set in Japanese typefaces from Debian's font packages
+(generators/data/fonts.yaml), and a share of pictures can be photographically degraded
+(perspective, blur, JPEG noise, shadow; generators/render/degrade.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
+import subprocess
 import unicodedata
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any, Literal
@@ -23,14 +33,26 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from synthgen.engine.messages import ChatResult, assistant, user
 from synthgen.engine.plugin import Generator, InputContext, RecordContext, Skip
-from synthgen.generators.render import RenderError, RenderOptions, open_renderer
+from synthgen.generators import data
+from synthgen.generators.render import RenderError, RenderOptions, charts, open_renderer
 from synthgen.generators.render.checks import Limits, problems
+from synthgen.generators.render.degrade import EFFECTS, Effect, degrade, draw_effects
 from synthgen.generators.render.sandbox import UnsafeHtml, sanitize
 from synthgen.policy import SERVER_SETTING, InputSource
 
-LAYOUTS = ("article", "table", "slide", "poster", "menu", "receipt", "signboard", "form", "chat",
-           "multicolumn", "vertical")
-FONTS = ("Noto Sans CJK JP", "Noto Serif CJK JP", "sans-serif", "serif", "monospace")
+TEXT_LAYOUTS = ("article", "table", "slide", "poster", "menu", "receipt", "signboard", "form", "chat",
+                "multicolumn", "vertical")
+DOCUMENT_LAYOUTS = ("report", "merged_table", "invoice", "timetable")
+CHART_LAYOUTS = ("bar_chart", "line_chart", "pie_chart")
+LAYOUTS = TEXT_LAYOUTS + DOCUMENT_LAYOUTS + CHART_LAYOUTS
+# What a document layout promises, checked on the sanitised page (a model may ignore the brief).
+_STRUCTURE = {  # layout -> (pattern, how many matches at least, what was promised)
+    "merged_table": (re.compile(r"\b(?:rowspan|colspan)=[\"']?(?:[2-9]|\d{2,})"), 1, "a cell spanning rows or columns"),
+    "report": (re.compile(r"class=[\"'][^\"']*\bpage\b"), 2, "two page blocks"),
+    "invoice": (re.compile(r"<table\b"), 1, "a table of items"),
+    "timetable": (re.compile(r"<table\b"), 1, "a table"),
+}
+GENERIC_FONTS = ("sans-serif", "serif", "monospace")
 FONT_SIZES = (14, 16, 18, 20, 22, 24, 28, 32)
 # (text, background, accent): each pair chosen for contrast well above WCAG AA.
 PALETTES = (
@@ -92,6 +114,14 @@ class Params(BaseModel):
     min_visible_chars: int = Field(20, ge=1)
     min_passage_shown: float = Field(0.6, ge=0, le=1, description="share of the passage's sentences the page must show")
     html_max_tokens: int | None = Field(4096, ge=256, description="max_tokens of the HTML request")
+    font_kinds: list[str] = Field(default_factory=lambda: list(data.load("fonts.yaml")),
+                                  description="kinds of typeface drawn from data/fonts.yaml "
+                                              "(gothic, mincho, rounded, handwriting, brush, monospace)")
+    degrade_chance: float = Field(0.0, ge=0, le=1, description="share of pictures given photographic degradations")
+    degradations: list[Effect] = Field(default_factory=lambda: list(EFFECTS),
+                                       description="effects degrade_chance draws from (one or two per picture)")
+    value_label_chance: float = Field(0.7, ge=0, le=1, description="charts that print their values (else only "
+                                                                    "ranking and comparison questions)")
 
     @field_validator("layouts")
     @classmethod
@@ -102,6 +132,15 @@ class Params(BaseModel):
         if not any(w > 0 for w in layouts.values()) or any(w < 0 for w in layouts.values()):
             raise ValueError("layout weights must be >= 0 with at least one > 0")
         return layouts
+
+    @field_validator("font_kinds")
+    @classmethod
+    def _known_font_kinds(cls, kinds: list[str]) -> list[str]:
+        known = list(data.load("fonts.yaml"))
+        unknown = sorted(set(kinds) - set(known))
+        if unknown or not kinds:
+            raise ValueError(f"font_kinds must name some of {', '.join(known)}; unknown: {unknown}")
+        return kinds
 
     @model_validator(mode="after")
     def _lengths(self) -> Params:
@@ -126,6 +165,9 @@ def features(_params: Params) -> datasets.Features:
         "height": datasets.Value("int32"),
         "source_ref": text,
         "model": text,
+        "chart": {"kind": text, "title": text, "unit": text, "labels": [text],
+                  "values": [datasets.Value("float64")], "decimals": datasets.Value("int32")},
+        "degradations": [text],
     })
 
 
@@ -214,6 +256,24 @@ def visible_pairs(pairs: list[dict[str, str]], passage: str, visible: str) -> li
     return kept
 
 
+@functools.cache
+def installed_fonts() -> frozenset[str]:
+    """Font families fontconfig knows on this machine (empty when fc-list is missing)."""
+    try:
+        out = subprocess.run(["fc-list", ":", "family"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return frozenset()
+    return frozenset(name.strip().replace("\\-", "-") for line in out.splitlines() for name in line.split(","))
+
+
+def font_choices(kinds: list[str]) -> list[str]:
+    """The wanted kinds' families that are installed; generic families when none is."""
+    bank = data.load("fonts.yaml")
+    have = installed_fonts()
+    found = [f for kind in kinds for f in bank.get(kind, []) if f in have]
+    return found or list(GENERIC_FONTS)
+
+
 def _style(ctx: RecordContext[Params], p: Params) -> dict[str, Any]:
     rng = ctx.rng
     names = [k for k, w in p.layouts.items() if w > 0]
@@ -221,7 +281,7 @@ def _style(ctx: RecordContext[Params], p: Params) -> dict[str, Any]:
     viewport = rng.choices(p.viewports, [v.weight for v in p.viewports])[0]
     text, background_color, accent = rng.choice(PALETTES)
     return {"layout": layout, "width": viewport.width, "height": viewport.height,
-            "font": rng.choice(FONTS), "font_size": rng.choice(FONT_SIZES), "text_color": text,
+            "font": rng.choice(font_choices(p.font_kinds)), "font_size": rng.choice(FONT_SIZES), "text_color": text,
             "background_color": background_color, "accent_color": accent,
             "background": rng.choice(BACKGROUNDS), "read_all_variant": rng.randrange(1000),
             "read_all_first": rng.random() < 0.5}
@@ -246,6 +306,8 @@ async def generate(item: dict[str, Any], ctx: RecordContext[Params]) -> list[dic
         raise RuntimeError("html-render needs its renderer: run it through the engine (resources)")
     passage, s = item["passage"], _style(ctx, p)
     writer = ctx.role("writer")
+    if s["layout"] in CHART_LAYOUTS:
+        return await _chart_record(item, s, ctx)
     page_prompt = ctx.prompts.render(
         "page", passage=passage, layout=s["layout"], width=s["width"], height=s["height"],
         max_height=p.max_height, font=s["font"], font_size=s["font_size"], background=s["background"],
@@ -254,6 +316,10 @@ async def generate(item: dict[str, Any], ctx: RecordContext[Params]) -> list[dic
     page_reply, qa_reply = await asyncio.gather(
         writer.chat([user(page_prompt)], max_tokens=p.html_max_tokens), writer.chat([user(qa_prompt)]))
     document = _page_html(page_reply)
+    if s["layout"] in _STRUCTURE:
+        pattern, least, promised = _STRUCTURE[s["layout"]]
+        if len(pattern.findall(document)) < least:
+            raise Skip("layout_not_followed", f"{s['layout']} page without {promised}")
 
     options = RenderOptions(width=s["width"], height=s["height"], full_page=p.full_page, fmt=p.image_format,
                             quality=p.jpeg_quality, max_width=p.max_width, max_height=p.max_height)
@@ -280,20 +346,75 @@ async def generate(item: dict[str, Any], ctx: RecordContext[Params]) -> list[dic
     messages = []
     for i, (question, answer) in enumerate(turns):
         messages += [user(f"<image>\n{question}" if i == 0 else question), assistant(answer)]
+    effects = draw_effects(ctx.rng, p.degrade_chance, list(p.degradations))
+    image = await asyncio.to_thread(degrade, shot.image, effects, ctx.rng, fmt=shot.fmt, quality=p.jpeg_quality)
     return [{
-        "image": {"bytes": shot.image, "path": None}, "html": document, "layout": s["layout"],
+        "image": {"bytes": image, "path": None}, "html": document, "layout": s["layout"],
         "source_text": passage, "visible_text": visible, "messages": messages, "qa": qa,
         "style": {k: s[k] for k in ("font", "font_size", "text_color", "background_color", "accent_color",
                                     "background")},
         "width": shot.width, "height": shot.height, "source_ref": f"{p.source}#row={item['row']}&part={item['part']}",
-        "model": writer.model,
+        "model": writer.model, "chart": NO_CHART, "degradations": effects,
+    }]
+
+
+NO_CHART: dict[str, Any] = {"kind": "", "title": "", "unit": "", "labels": [], "values": [], "decimals": 0}
+TO_TABLE = ("このグラフの内容を表にまとめてください。", "グラフの数値を項目ごとに表にしてください。",
+            "このグラフを読み取って、表の形で書き出してください。")
+
+
+async def _chart_record(item: dict[str, Any], s: dict[str, Any], ctx: RecordContext[Params]) -> list[dict[str, Any]]:
+    """A chart drawn by us from a generated table; every answer is computed from the table."""
+    p, rng = ctx.params, ctx.rng
+    kind = s["layout"].removesuffix("_chart")
+    table = charts.make_table(kind, rng)
+    colors = list(charts.SERIES_COLORS)
+    rng.shuffle(colors)
+    cstyle = charts.ChartStyle(value_labels=rng.random() < p.value_label_chance,
+                               horizontal=kind == "bar" and rng.random() < 0.3, gridlines=rng.random() < 0.7,
+                               colors=colors)
+    palette = {"text": s["text_color"], "background": s["background_color"], "accent": s["accent_color"]}
+    document = charts.page(table, cstyle, font=s["font"], font_size=min(s["font_size"], 22), palette=palette)
+    drawn = charts.read_chart(document, kind)
+    if len(drawn) != len(table.values) or any(abs(a - b) > 10 ** -table.decimals / 2
+                                              for a, b in zip(drawn, table.values, strict=True)):
+        raise Skip("chart_mismatch", f"drawn {drawn} for {table.values}")
+    width = max(s["width"], 760)
+    options = RenderOptions(width=width, height=max(s["height"], 560), full_page=p.full_page, fmt=p.image_format,
+                            quality=p.jpeg_quality, max_width=max(p.max_width, width), max_height=p.max_height)
+    try:
+        shot = await ctx.resources.render(document, options)
+    except RenderError as exc:
+        raise Skip(exc.reason, exc.detail) from None
+    found = await asyncio.to_thread(problems, shot, Limits(min_chars=5))
+    if found:
+        raise Skip(found[0].reason, "; ".join(f"{f.reason}: {f.detail}" for f in found))
+    qa = charts.questions(table, cstyle, rng, p.qa_pairs)
+    turns = [(q["question"], q["answer"]) for q in qa]
+    if cstyle.value_labels:
+        turns.insert(rng.randrange(len(turns) + 1), (rng.choice(TO_TABLE), charts.to_markdown(table)))
+    messages = []
+    for i, (question, answer) in enumerate(turns):
+        messages += [user(f"<image>\n{question}" if i == 0 else question), assistant(answer)]
+    effects = draw_effects(rng, p.degrade_chance, list(p.degradations))
+    image = await asyncio.to_thread(degrade, shot.image, effects, rng, fmt=shot.fmt, quality=p.jpeg_quality)
+    return [{
+        "image": {"bytes": image, "path": None}, "html": document, "layout": s["layout"],
+        "source_text": charts.to_markdown(table), "visible_text": clean_visible(shot.text), "messages": messages,
+        "qa": [{"question": q["question"], "answer": q["answer"]} for q in qa],
+        "style": {k: s[k] for k in ("font", "font_size", "text_color", "background_color", "accent_color",
+                                    "background")},
+        "width": shot.width, "height": shot.height, "source_ref": f"{p.source}#row={item['row']}&part={item['part']}",
+        "model": "", "chart": {**table.as_dict(), "kind": kind}, "degradations": effects,
     }]
 
 
 generator = Generator[Params](
     name="html-render",
-    version="1",
-    description="Japanese text drawn as web pages (11 layouts) in a sandboxed browser pool; read-all + span Q&A",
+    version="2",
+    description="Japanese text drawn as web pages (11 layouts), documents (report, merged-cell table, invoice, "
+                "timetable) and SVG charts (bar, line, pie) from a generated table, in Debian's Japanese fonts, "
+                "optionally photo-degraded; read-all + span Q&A, chart Q&A computed from the table",
     params_model=Params,
     roles=("writer",),
     reads="text: a local jsonl/json/parquet/csv/txt file or folder, or a Hub text dataset (column by param)",

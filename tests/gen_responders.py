@@ -145,3 +145,44 @@ def caption_style_responder(body: dict[str, Any]) -> str | Reply:
         label = prompt.split("画像の", 1)[1].split("です。", 1)[0]
         return f"これは{label}です。白い背景に、赤い丸と青い四角が並んでいます。"
     return Reply(status=400, raw=b'{"error": "unexpected prompt"}')
+
+
+def _passage_of(prompt: str) -> str:
+    return re.search(r"# (?:表示する)?文章\n(.*?)\n\n# ", prompt, re.DOTALL).group(1)
+
+
+def document_page(prompt: str) -> str:
+    """A page in the shape html-render's document layouts ask for, showing the whole passage."""
+    lines = [s for s in _passage_of(prompt).replace("。", "。\n").splitlines() if s.strip()]
+    half = max(1, len(lines) // 2)
+    if "複数ページにわたる報告書" in prompt:
+        body = "".join(f'<section class="page"><header>調査報告書</header><h2>{i + 1}. 概要</h2>'
+                       f'{"".join(f"<p>{x}</p>" for x in part)}<footer>{i + 1} / 2</footer></section>'
+                       for i, part in enumerate((lines[:half], lines[half:])))
+    elif "セルを結合した表" in prompt:
+        rows = "".join(f"<tr><td>{i + 1}</td><td>{x}</td></tr>" for i, x in enumerate(lines))
+        body = f'<table border="1"><tr><th colspan="2">記録</th></tr>{rows}</table>'
+    elif "請求書" in prompt or "時刻表" in prompt:
+        rows = "".join(f"<tr><td>{x}</td><td>1</td></tr>" for x in lines)
+        body = f"<h1>書類</h1><table border=\"1\"><tr><th>内容</th><th>数量</th></tr>{rows}</table>"
+    else:
+        body = "".join(f"<p>{x}</p>" for x in lines)
+    return ("```html\n<!DOCTYPE html><html lang=\"ja\"><head><meta charset=\"utf-8\"><style>body{font-size:18px;"
+            f"max-width:700px}}</style></head><body>{body}</body></html>\n```")
+
+
+def span_qa(prompt: str) -> str:
+    import orjson
+
+    passage = _passage_of(prompt)
+    first = passage.split("。")[0]
+    return orjson.dumps([{"question": "最初の文の冒頭は何ですか。", "answer": first[:8]}]).decode()
+
+
+def document_responder(body: dict[str, Any]) -> str | Reply:
+    prompt = last_user_text(body)
+    if "完成したHTMLページ" in prompt:
+        return document_page(prompt)
+    if "質問と答え" in prompt:
+        return span_qa(prompt)
+    return Reply(status=400)

@@ -87,12 +87,13 @@ def test_cli_run_writes_rendered_dataset(tmp_path):
     with LoopbackServer(responder) as srv:
         proc = _run("run", "html-render", "--n", "16", "--base-url", srv.base_url, "--model", "M",
                     "--out", str(out), "--set", f"params.source={src}", "--set", "params.column=body",
-                    "--set", "params.pool_pages=3", "--set", "params.passage_chars=120")
+                    "--set", "params.pool_pages=3", "--set", "params.passage_chars=120",
+                    "--set", "params.layouts=" + orjson.dumps(dict.fromkeys(html_render.TEXT_LAYOUTS, 1)).decode())
     assert proc.returncode == 0, proc.stderr + proc.stdout
     ds = datasets.load_from_disk(str(out))
     assert len(ds) == 16 and len(set(ds["key"])) == 16
     layouts = set(ds["layout"])
-    assert len(layouts) >= 4 and layouts <= set(html_render.LAYOUTS)
+    assert len(layouts) >= 4 and layouts <= set(html_render.TEXT_LAYOUTS)
     for row in ds:
         image = row["image"]
         assert image.width >= 480 and image.height >= 480
