@@ -25,7 +25,7 @@ from synthgen import __version__
 from synthgen.engine import plugin
 from synthgen.engine.checkpoint import ShardStore, provenance_id
 from synthgen.engine.errors import RequestError
-from synthgen.engine.finalize import publish, save_dataset, write_manifest
+from synthgen.engine.finalize import save_dataset, write_manifest
 from synthgen.engine.keys import record_key, row_key, seed_of
 from synthgen.engine.prompts import Prompts
 from synthgen.engine.roles import Role, build_roles, close_roles, resolve_roles
@@ -176,12 +176,7 @@ async def run_job(spec: JobSpec, *, settings: Settings | None = None, stats: Run
         # Nothing was written (e.g. an empty source): leave no folder that blocks the next try.
         return RunResult(out=out, stats=stats, manifest=manifest, dataset=None)
     write_manifest(out, manifest)
-    if dataset is not None and spec.publish is not None:
-        token = spec.publish.token.get_secret_value() if spec.publish.token else None
-        manifest["published"] = await asyncio.to_thread(
-            publish, dataset, out, spec.publish.repo_id, private=spec.publish.private, token=token,
-            split=spec.publish.split)
-        write_manifest(out, manifest)
+    # `spec.publish` is not the engine's: synthgen.publish reads the finished run (CLI, worker chain).
     return RunResult(out=out, stats=stats, manifest=manifest, dataset=dataset)
 
 

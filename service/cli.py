@@ -159,7 +159,22 @@ def run(
     _summary(result)
     if spec.quality and result.stats.state == "succeeded":
         cli_quality.post_run(spec, result.out)
-    raise typer.Exit(_exit_code(result))
+    code = _exit_code(result)
+    if code == EXIT_OK and spec.publish is not None:
+        _publish(spec, result)
+    raise typer.Exit(code)
+
+
+def _publish(spec: Any, result: RunResult) -> None:
+    """`--push-to-hub`: the finished run through synthgen.publish (card, parquet, resumable)."""
+    from synthgen.publish.run import publish_spec
+
+    try:
+        where = publish_spec(spec.publish, result.out)
+    except Exception as exc:
+        raise fail(f"the dataset is written but publishing failed ({type(exc).__name__}: {exc}); "
+                   f"retry with `synthgen push {result.out} --repo {spec.publish.repo_id}`", EXIT_FAILED) from None
+    Console().print(f"published: {where.get('url') or where.get('local_dir') or where}", highlight=False)
 
 
 def _exit_code(result: RunResult) -> int:

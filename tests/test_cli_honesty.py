@@ -96,3 +96,21 @@ def test_exit_codes_follow_the_state(state, code):
 
     R.stats.state = state
     assert cli._exit_code(R) == code  # type: ignore[arg-type]
+
+
+def test_run_push_to_hub_goes_through_synthgen_publish(tmp_path):
+    """`synthgen run --push-to-hub` publishes the finished run with a card (not a raw push_to_hub)."""
+    from synthgen.publish.loopback_hub import LoopbackHub
+
+    with LoopbackHub() as hub, LoopbackServer() as srv:
+        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token, "HF_HUB_OFFLINE": "0",
+               "HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_OFFLINE": "1"}
+        proc = subprocess.run([*CLI, "run", "persona-qa", "--n", "3", "--base-url", srv.base_url, "--model", "M",
+                               "--out", str(tmp_path / "r"), "-q", "--push-to-hub", "org/qa"],
+                              capture_output=True, text=True, timeout=180, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert f"published: {hub.endpoint}/datasets/org/qa" in proc.stdout
+        assert hub.token not in proc.stdout + proc.stderr
+        repo = hub.repo("org/qa")
+        assert repo.private and "README.md" in repo.files
+        assert any(name.startswith("persona-qa/train-") for name in repo.files)

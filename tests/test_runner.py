@@ -159,27 +159,3 @@ def test_same_seed_same_keys_other_seed_other_keys(tmp_path, loopback):
     asyncio.run(run_job(_spec(loopback, tmp_path / "c", n=5, seed=1, params={"skip_every": 0}), generator=ECHO))
     assert sorted(_keys(tmp_path / "a")) == sorted(_keys(tmp_path / "b"))
     assert not set(_keys(tmp_path / "a")) & set(_keys(tmp_path / "c"))
-
-
-def test_publish_pushes_dataset_and_manifest(tmp_path, loopback, monkeypatch):
-    """The Hub cannot be reached from tests: record the calls the real code makes."""
-    pushed: dict[str, Any] = {}
-    monkeypatch.setattr(datasets.Dataset, "push_to_hub",
-                        lambda self, repo, **kw: pushed.update(repo=repo, rows=len(self), **kw))
-    import huggingface_hub
-
-    class FakeApi:
-        def __init__(self, token=None):
-            pushed["api_token"] = token
-
-        def upload_file(self, **kw):
-            pushed["manifest"] = kw["path_in_repo"]
-
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
-    spec = _spec(loopback, tmp_path / "r", n=4, params={"skip_every": 0},
-                 publish={"repo_id": "me/data", "token": "hf_secret", "private": True})
-    result = asyncio.run(run_job(spec, generator=ECHO))
-    assert pushed["repo"] == "me/data" and pushed["rows"] == 4 and pushed["private"] is True
-    assert pushed["token"] == "hf_secret" and pushed["manifest"] == "synthgen_manifest.json"
-    assert result.manifest["published"].endswith("me/data")
-    assert "hf_secret" not in (tmp_path / "r" / "manifest.json").read_text()
