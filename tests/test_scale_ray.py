@@ -5,6 +5,7 @@ resumed, all against loopback OpenAI-compatible servers."""
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import time
 
 import pytest
 import ray  # in the dev extra, so CI runs these tests
+from PIL import Image
 from scale_responders import answers
 
 from synthgen.engine.ray_executor import run_job_ray
@@ -125,3 +127,30 @@ def test_cli_on_ray_driver_killed_then_resumed_gives_every_key_once(ray_cluster,
     assert len(rows) == 24 and len({r["key"] for r in rows}) == 24
     man = open_run(out).manifest()
     assert man["executor"]["name"] == "ray" and man["counts"]["records"] == 24
+
+
+def test_html_render_on_ray_matches_local(ray_cluster, tmp_path):
+    """The CPU-heavy generator: each Ray worker enters html-render's browser pool once (its
+    `resources`) and draws its own pages; same keys and rows as a local run."""
+    from test_html_render import _write_source, responder
+
+    src = tmp_path / "texts.jsonl"
+    _write_source(src, rows=12)
+    params = {"source": str(src), "column": "body", "pool_pages": 2, "passage_chars": 120,
+              "layouts": {"article": 1, "poster": 1}}
+    with LoopbackServer(responder) as srv:
+        def spec(name: str) -> JobSpec:
+            return JobSpec(generator="html-render", n=4, seed=3, params=params, out=str(tmp_path / name),
+                           roles={"default": RoleConfig(base_url=srv.base_url, model="m")})
+
+        local = asyncio.run(run_job(spec("local")))
+        remote = asyncio.run(run_job_ray(spec("ray"), workers=2))
+    assert local.stats.state == remote.stats.state == "succeeded"
+    assert local.manifest["counts"]["failed"] == remote.manifest["counts"]["failed"] == 0
+    a, b = _rows(tmp_path / "local"), _rows(tmp_path / "ray")
+    assert [r["key"] for r in a] == [r["key"] for r in b] and len(b) == 4
+    for x, y in zip(a, b, strict=True):
+        ix, iy = (Image.open(io.BytesIO(r.pop("image")["bytes"])) for r in (x, y))
+        # drawn by another browser in another process, from the same HTML: the same picture
+        assert ix.size == iy.size and ix.tobytes() == iy.tobytes()
+        assert x == y  # html, visible text (read back from the page), Q&A, messages
