@@ -382,6 +382,10 @@ async def curate_async(source: str | Path | Source, out: str | Path, steps: str 
     parsed = parse_steps(steps)
     src = source if isinstance(source, Source) else open_source(source, split)
     out = Path(out)
+    if not isinstance(source, Source) and Path(source).exists():
+        here, there = Path(source).resolve(), out.resolve()
+        if here == there or here.is_relative_to(there):
+            raise ValueError(f"OUT {out} must not be IN or a folder holding it (it would be replaced)")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} is not empty (pass overwrite=True / --overwrite)")

@@ -47,6 +47,23 @@ def resolve_against(steps: list[Any], data_root: Path | None) -> list[Any]:
     return out
 
 
+def check_policy(steps: list[Any], judge_cfg: Any) -> None:
+    """Under the server's operator policy (a worker), the judge's endpoint and the earlier
+    datasets named by dedup must be allowed like any role's endpoint and any input path."""
+    from synthgen import policy
+
+    active = policy.current()
+    if active is None:
+        return
+    if judge_cfg is not None:
+        _, errors = policy.check_roles({"judge": judge_cfg}, active, ["quality", "judge", "role"])
+        if errors:
+            raise PermissionError("; ".join(str(e) for e in errors))
+    for s in steps:
+        for ref in (getattr(s, "params", None) or {}).get("against", []) if getattr(s, "step", None) == "dedup" else []:
+            policy.check_readable(ref)
+
+
 async def apply_quality_async(run_dir: str | Path, steps: list[Any], *, roles: Mapping[str, Any] | None = None,
                               data_root: Path | None = None, report: bool = True) -> dict[str, Any]:
     from synthgen.engine.roles import build_roles, close_roles
@@ -55,9 +72,11 @@ async def apply_quality_async(run_dir: str | Path, steps: list[Any], *, roles: M
     run_dir = Path(run_dir)
     out = run_dir / QUALITY_DIR
     steps = resolve_against(list(steps), data_root)
+    judge_cfg = judge_role_config(steps, roles) if any(getattr(s, "step", s) == "judge" for s in steps) else None
+    check_policy(steps, judge_cfg)
     built: dict[str, Any] = {}
-    if any(getattr(s, "step", s) == "judge" for s in steps):
-        built = build_roles({"judge": judge_role_config(steps, roles)})
+    if judge_cfg is not None:
+        built = build_roles({"judge": judge_cfg})
     try:
         manifest = await curate_async(run_dir, out, steps, judge_role=built.get("judge"), overwrite=True)
     finally:

@@ -20,6 +20,7 @@ import datasets
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from test_service_api import job_body, settings_for
@@ -105,6 +106,8 @@ def test_parquet_and_jsonl_sources_without_key(tmp_path):
         ds = datasets.load_from_disk(str(out))
         assert m["dropped"] == {"dedup_exact": 5} and len(ds) == 30
         assert ds.column_names == ["key", "question", "answer"] and len(set(ds["key"])) == 30
+    with pytest.raises(ValueError, match="must not be IN"):
+        curate(tmp_path / "j", tmp_path, "dedup", overwrite=True)  # would delete its own input
     # the streamed (Hub) reader on a local folder, and dedup against an earlier dataset
     from synthgen.quality.sources import _from_hub
 
@@ -221,3 +224,29 @@ def test_synthgen_run_applies_the_configs_quality_steps(tmp_path):
     assert "quality: 6 -> 1 records" in proc.stderr
     man = orjson.loads((tmp_path / "run" / "quality" / "manifest.json").read_bytes())
     assert man["dropped"] == {"dedup_exact": 5} and len(datasets.load_from_disk(str(tmp_path / "run"))) == 6
+
+
+def test_quality_steps_obey_the_operator_policy(tmp_path):
+    """In a worker the judge's endpoint and dedup's earlier datasets pass the same policy as
+    the job's own roles and inputs."""
+    from synthgen import policy
+    from synthgen.quality.post import apply_quality
+    from synthgen.spec import QualityStep
+
+    _generated_dataset(tmp_path / "run", n_base=10)
+    previous = policy.current()
+    policy.activate(policy.Policy(data_root=tmp_path, allowed_endpoints=("loopback",)))
+    try:
+        far_judge = QualityStep.model_validate(
+            {"step": "judge", "role": {"base_url": "http://10.9.8.7:8000/v1", "model": "m"}})
+        with pytest.raises(PermissionError, match="not allowed"):
+            apply_quality(tmp_path / "run", [far_judge])
+        outside = tmp_path.parent / "elsewhere"
+        _generated_dataset(outside, n_base=5)
+        with pytest.raises(policy.InputNotAllowed):  # (a job spec cannot even name it: 422 at POST)
+            apply_quality(tmp_path / "run", [QualityStep.model_construct(
+                step="dedup", params={"against": [str(outside)]}, role=None)])
+        m = apply_quality(tmp_path / "run", [QualityStep(step="dedup")], report=False)
+        assert m["input_rows"] == len(datasets.load_from_disk(str(tmp_path / "run")))
+    finally:
+        policy.activate(previous)
