@@ -296,7 +296,7 @@ def test_a_stopped_run_resumes_onto_its_pending_batch(tmp_path: Path, data_root:
         return JobSpec(generator="persona-qa", n=5, out=str(out), params={"turns": 2}, roles=_roles(srv),
                        flush_seconds=0.1, **kw)
 
-    async def go() -> tuple[Any, Any, BatchServer, list[dict[str, Any]]]:
+    async def go() -> tuple[Any, Any, BatchServer, list[dict[str, Any]], dict[str, bytes]]:
         async with BatchServer(persona_qa_responder) as srv:
             srv.hold = True
             stop = asyncio.Event()
@@ -308,11 +308,12 @@ def test_a_stopped_run_resumes_onto_its_pending_batch(tmp_path: Path, data_root:
             first = await task
             state = default_state_dir(data_root, srv.base_url, "M")
             entries = [orjson.loads(p.read_bytes()) for p in state.glob("*.json")]
+            files = {str(p): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}  # state and run folder
             srv.hold = False
             second = await run_job(spec(srv, resume=True))
-            return first, second, srv, entries
+            return first, second, srv, entries, files
 
-    first, second, srv, entries = asyncio.run(go())
+    first, second, srv, entries, files = asyncio.run(go())
     assert first.stats.state == "stopped" and first.stats.records == 0
     assert len(entries) == 1 and entries[0]["batch_id"] == "batch_1" and len(entries[0]["requests"]) == 5
     assert second.stats.state == "succeeded"
@@ -324,7 +325,8 @@ def test_a_stopped_run_resumes_onto_its_pending_batch(tmp_path: Path, data_root:
     state = default_state_dir(data_root, srv.base_url, "M")
     assert state.is_dir() and not list(state.glob("*.json"))
     # the key went to the server only: not into the state files (read while the batch was out) nor logs
-    assert KEY not in orjson.dumps(entries).decode() and entries[0]["input_file_id"] == "file-1"
+    assert entries[0]["input_file_id"] == "file-1" and any(name.endswith(".lock") for name in files)
+    assert not [name for name, data in files.items() if KEY.encode() in data]
     assert KEY not in caplog.text and "batch_1" in caplog.text
 
 
@@ -403,8 +405,9 @@ def test_a_cancelled_caller_leaves_its_batch_to_the_next_one(tmp_path: Path) -> 
             same = await client.complete(ASK, {}, 5)
             # another run holding a pending batch locks it: a second client never takes its results
             srv.hold = True
+            before = srv.calls["POST /v1/batches"]
             held = asyncio.create_task(client.complete([{"role": "user", "content": "問題 9"}], {}, 5))
-            while srv.calls["POST /v1/batches"] < 2:
+            while srv.calls["POST /v1/batches"] == before:
                 await asyncio.sleep(0.005)
             held.cancel()
             srv.hold = False
