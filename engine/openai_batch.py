@@ -250,7 +250,7 @@ class OpenAIBatchClient:
         # Unconsumed requests of known batches that no caller holds yet: body hash -> [(entry, custom_id)].
         self._free: dict[str, list[tuple[Entry, str]]] = {}
         self._futures: dict[str, asyncio.Future[ChatResult]] = {}
-        self._window: list[Pending] = []
+        self._window: dict[str, Pending] = {}  # custom_id -> request, in arrival order
         self._window_bytes = 0
         self._window_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -340,11 +340,10 @@ class OpenAIBatchClient:
         fut = self._futures.pop(custom_id, None)
         if fut is not None and not fut.done():
             fut.cancel()
-        for i, pending in enumerate(self._window):
-            if pending.custom_id == custom_id:  # not submitted yet: nobody pays for it
-                del self._window[i]
-                self._window_bytes -= len(pending.line)
-                return
+        pending = self._window.pop(custom_id, None)
+        if pending is not None:  # not submitted yet: nobody pays for it
+            self._window_bytes -= len(pending.line)
+            return
         entry = self._owner.get(custom_id)
         if entry is None:
             return
@@ -357,7 +356,7 @@ class OpenAIBatchClient:
         if self._window and (len(self._window) >= self._max_requests
                              or self._window_bytes + len(pending.line) > self._max_bytes):
             self._submit_window()
-        self._window.append(pending)
+        self._window[pending.custom_id] = pending
         self._window_bytes += len(pending.line)
         if len(self._window) >= self._max_requests:
             self._submit_window()
@@ -373,7 +372,7 @@ class OpenAIBatchClient:
         if self._window_task is not None:
             self._window_task.cancel()
             self._window_task = None
-        batch, self._window, self._window_bytes = self._window, [], 0
+        batch, self._window, self._window_bytes = list(self._window.values()), {}, 0
         if batch:
             self._spawn(self._submit(batch))
 
