@@ -99,8 +99,6 @@ def steady_rate(samples: list[tuple[float, int]], n: int) -> float:
 
 
 async def run_once(executor: str, urls: list[str], n: int, concurrency: int, out: Path, ray_workers: int) -> float:
-    from synthgen.engine.pool import pooled_roles
-    from synthgen.engine.roles import close_roles, resolve_roles
     from synthgen.engine.runner import run_job
     from synthgen.spec import JobSpec, RoleConfig
 
@@ -116,12 +114,7 @@ async def run_once(executor: str, urls: list[str], n: int, concurrency: int, out
 
         result = await run_job_ray(spec, on_flush=on_flush, workers=ray_workers)
     else:
-        # roles built with pools here; once roles.make_client builds pools, run_job alone does it
-        roles = pooled_roles(resolve_roles(spec.roles, ("writer", "answerer")))
-        try:
-            result = await run_job(spec, roles=roles, on_flush=on_flush)
-        finally:
-            await close_roles(roles)
+        result = await run_job(spec, on_flush=on_flush)
     if result.stats.state != "succeeded" or result.manifest["counts"]["failed"]:
         raise RuntimeError(f"{executor} run did not write {n} clean records: {result.manifest['counts']} "
                            f"{result.manifest['failures_by_reason']} {result.manifest['notes']}")

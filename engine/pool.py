@@ -21,16 +21,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from synthgen.engine.errors import RequestError
 from synthgen.engine.messages import ChatResult, Message
-from synthgen.spec import RoleConfig
-
-if TYPE_CHECKING:
-    from synthgen.engine.roles import Role
 
 UP, DOWN, PROBING = "up", "down", "probing"
 
@@ -204,24 +200,3 @@ class PooledClient:
         for ep in self.pool.endpoints:
             await ep.client.aclose()
 
-
-def pooled_roles(resolved: Mapping[str, RoleConfig]) -> dict[str, Role]:
-    """`roles.build_roles`, except that an openai role listing several `base_urls` is served by a
-    PooledClient (roles with the same pool, model and key share it, as build_roles shares clients).
-
-    Where `roles.make_client` builds pools itself this is just `build_roles`; the Ray workers
-    and the scale benchmark call it so pools work with either executor meanwhile.
-    """
-    from synthgen.engine.roles import Role, build_roles
-
-    pooled = {n: c for n, c in resolved.items() if c.engine == "openai" and len(c.endpoints()) > 1}
-    roles = build_roles({n: c for n, c in resolved.items() if n not in pooled})
-    clients: dict[tuple[Any, ...], PooledClient] = {}
-    for name, cfg in pooled.items():
-        secret = cfg.api_key.get_secret_value() if cfg.api_key else None
-        extra = cfg.options.get("extra_body")
-        key = (tuple(cfg.endpoints()), cfg.model, secret, repr(extra))
-        if key not in clients:
-            clients[key] = PooledClient.openai(cfg.endpoints(), cfg.model or "", api_key=secret, extra_body=extra)
-        roles[name] = Role(name, cfg, clients[key])
-    return roles

@@ -43,11 +43,10 @@ from ray.exceptions import ActorUnavailableError, ObjectLostError, RayActorError
 from synthgen.engine import plugin
 from synthgen.engine.checkpoint import ShardStore
 from synthgen.engine.errors import RequestError
-from synthgen.engine.finalize import publish, save_dataset, write_manifest
+from synthgen.engine.finalize import save_dataset, write_manifest
 from synthgen.engine.keys import record_key, row_key, seed_of
-from synthgen.engine.pool import pooled_roles
 from synthgen.engine.prompts import Prompts
-from synthgen.engine.roles import Usage, close_roles, resolve_roles
+from synthgen.engine.roles import Usage, build_roles, close_roles, resolve_roles
 from synthgen.engine.runner import (
     UNREACHABLE_AFTER,
     RunResult,
@@ -58,6 +57,7 @@ from synthgen.engine.runner import (
     _summary,
     provenance,
 )
+from synthgen.redact import redact
 from synthgen.settings import Settings, get_settings
 from synthgen.spec import JobSpec, RoleConfig
 
@@ -97,7 +97,7 @@ class RecordWorker:
         self.gen = gen
         self.params = gen.parse_params(raw_params)
         self.prompts = Prompts(gen.prompt_dir)
-        self.roles = pooled_roles(resolved)
+        self.roles = build_roles(resolved)  # a role with several base_urls gets an endpoint pool
         self._reported = {name: Usage() for name in self.roles}
         self._resources_cm: Any = None
         self._resources: Any = None
@@ -296,13 +296,10 @@ async def run_job_ray(spec: JobSpec, *, settings: Settings | None = None, stats:
             ray.shutdown()
     manifest = _manifest(spec, gen, params, resolved, prompts, store, stats, started_wall, features, made_by)
     manifest["executor"] = {"name": "ray", "workers": len(pool)}
+    if stats.state == "failed" and store.remove_if_empty():
+        return RunResult(out=out, stats=stats, manifest=manifest, dataset=None)  # nothing written: no folder
     write_manifest(out, manifest)
-    if dataset is not None and spec.publish is not None:
-        token = spec.publish.token.get_secret_value() if spec.publish.token else None
-        manifest["published"] = await asyncio.to_thread(
-            publish, dataset, out, spec.publish.repo_id, private=spec.publish.private, token=token,
-            split=spec.publish.split)
-        write_manifest(out, manifest)
+    # `spec.publish` is not the engine's: synthgen.publish reads the finished run (CLI, worker chain).
     return RunResult(out=out, stats=stats, manifest=manifest, dataset=dataset)
 
 
@@ -319,6 +316,7 @@ async def _drive(spec: JobSpec, gen: plugin.Generator, params: Any, prompts: Pro
     inputs = enumerate(itertools.islice(gen.inputs(plugin.InputContext(params=params, seed=spec.seed)),
                                         spec.input_budget))
     roles: dict[str, RemoteRole] = stats.roles  # type: ignore[assignment]
+    secrets = spec.secret_values()  # as the local runner: no key reaches the failures file
     rerun = 0  # records sent again after their worker was lost
 
     def admit() -> list[_Job]:
@@ -381,8 +379,8 @@ async def _drive(spec: JobSpec, gen: plugin.Generator, params: Any, prompts: Pro
     def fail(job: _Job, reason: str, detail: str) -> None:
         stats.failed += 1
         stats.failures_by_reason[reason] = stats.failures_by_reason.get(reason, 0) + 1
-        store.add_failure({"key": job.key, "index": job.index, "reason": reason, "detail": detail[:2000],
-                           "input": _summary(job.item)})
+        store.add_failure({"key": job.key, "index": job.index, "reason": reason,
+                           "detail": redact(detail, secrets)[:2000], "input": _summary(job.item)})
         # as the local runner: every record so far failed to connect, so the endpoint is down or wrong
         if (stats.ok == 0 and stats.done_before == 0 and reason == "request_connection"
                 and stats.failures_by_reason[reason] == stats.failed >= UNREACHABLE_AFTER):

@@ -209,8 +209,7 @@ def test_a_rest_job_pool_is_checked_server_by_server(tmp_path):
 def test_a_local_run_over_a_pool_with_one_dead_server(tmp_path):
     """persona-qa through the engine's runner on a pool of two live servers and one that was never
     started: every record is written, both live servers share the work, the dead one is out."""
-    from synthgen.engine.pool import pooled_roles
-    from synthgen.engine.roles import resolve_roles
+    from synthgen.engine.roles import build_roles, close_roles, resolve_roles
     from synthgen.engine.runner import run_job
     from synthgen.spec import JobSpec, RoleConfig
 
@@ -220,14 +219,15 @@ def test_a_local_run_over_a_pool_with_one_dead_server(tmp_path):
             dead_url = dead.base_url  # a port that was just freed: connection refused
         pool = RoleConfig(base_urls=[s1.base_url, dead_url, s2.base_url], model="m")
         spec = JobSpec(generator="persona-qa", n=12, out=str(tmp_path / "run"), roles={"default": pool})
-        roles = pooled_roles(resolve_roles(spec.roles, ("writer", "answerer")))
+        roles = build_roles(resolve_roles(spec.roles, ("writer", "answerer")))  # as run_job builds them
+        assert isinstance(roles["writer"].client, PooledClient)
         assert roles["writer"].client is roles["answerer"].client  # one pool for both roles
 
         async def main():
             try:
                 return await run_job(spec, roles=roles)
             finally:
-                await roles["writer"].client.aclose()
+                await close_roles(roles)
 
         result = asyncio.run(main())
     assert result.stats.state == "succeeded" and result.manifest["counts"]["records"] == 12
