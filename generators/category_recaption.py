@@ -78,6 +78,11 @@ def bundled_categories() -> list[Category]:
 
 
 DEFAULT_CATEGORIES = bundled_categories()
+
+
+def bundled_multi_image_categories() -> list[Category]:
+    """Questions that need 2-4 images at once (data/multi_image_categories.yaml)."""
+    return [Category.model_validate(row) for row in data.load("multi_image_categories.yaml")]
 VERDICT_OK, VERDICT_BAD = "一致", "矛盾"
 
 
@@ -97,6 +102,11 @@ class Params(ImageInputParams):
     min_turns: int = Field(1, ge=1, le=4, description="turns per record drawn between min_turns and max_turns")
     max_turns: int = Field(1, ge=1, le=4, description="2-4: later questions build on the earlier answers")
     max_short_answer_chars: int = Field(80, ge=5, description="short-answer categories: longer answers are dropped")
+    multi_image_chance: float = Field(0.0, ge=0, le=1, description="share of records made of 2-4 images with "
+                                                                   "a question that needs all of them (`images`)")
+    images_per_record: tuple[int, int] = Field((2, 3), description="multi-image records: fewest and most images")
+    multi_image_categories: list[Category] = Field(default_factory=bundled_multi_image_categories, min_length=1,
+                                                   description="categories for multi-image records")
     check_consistency: bool = Field(True, description="ask the judge role whether each answer contradicts the caption")
     min_caption_chars: int = Field(20, ge=1)
     min_answer_chars: int = Field(10, ge=1)
@@ -123,6 +133,10 @@ class Params(ImageInputParams):
             self.categories_file = None  # the bank is now in the params (and so in the manifest)
         if self.min_turns > self.max_turns:
             raise ValueError("min_turns must be <= max_turns")
+        low, high = self.images_per_record
+        if not 2 <= low <= high <= 4:
+            raise ValueError("images_per_record must be (low, high) with 2 <= low <= high <= 4")
+        unique_names(self.multi_image_categories, "multi-image category")
         return self
 
 
@@ -130,6 +144,10 @@ def features(_params: Params) -> datasets.Features:
     return datasets.Features({
         "image": datasets.Image(),
         "image_sha256": datasets.Value("string"),
+        # Multi-image records: `image` is empty and the pictures are here, in the order the
+        # first user turn's `<image>` placeholders refer to them (1枚目, 2枚目, ...).
+        "images": [datasets.Image()],
+        "images_sha256": [datasets.Value("string")],
         "category": datasets.Value("string"),
         "difficulty": datasets.Value("string"),
         "persona": datasets.Value("string"),
@@ -167,12 +185,29 @@ def inputs(ctx: InputContext[Params]) -> Iterator[dict[str, Any]]:
     """One item per (image, category): an image's reference and caption, dealt k categories."""
     p = ctx.params
     dealer = Dealer(p.categories, ctx.seed)
+    multi = Dealer(p.multi_image_categories, ctx.seed + 2)
     personas = _personas(p)
     rng = random.Random(ctx.seed + 1)
+    group: list[dict[str, Any]] = []
+    group_size = 0
     for item in iter_items(p, {"caption": p.caption_column}):
         caption = item.get("caption")
         caption = caption.strip() if isinstance(caption, str) else ""
         item["caption"] = caption
+        if group_size or (caption and p.multi_image_chance and rng.random() < p.multi_image_chance):
+            # this image (and the next few with a caption) make one multi-image record
+            group_size = group_size or rng.randint(*p.images_per_record)
+            if caption:
+                group.append(item)
+            if len(group) == group_size:
+                joined = "\n".join(g["caption"] for g in group)
+                category = multi.deal(joined, 1)
+                who = asker(rng.choice(personas), rng) if personas else None
+                yield {"group": group, "caption": joined, "category": category[0].name if category else None,
+                       "difficulty": draw(p.difficulties, rng).name,
+                       "persona_id": who.id if who else "", "persona": who.shown if who else ""}
+                group, group_size = [], 0
+            continue
         dealt = dealer.deal(caption, p.questions_per_image) if caption else []
         if not dealt:  # no caption, or no category fits it: one item that fails with the reason
             yield {**item, "category": None}
@@ -199,6 +234,8 @@ def resources(params: Params) -> AbstractAsyncContextManager[Downloader]:
 
 
 async def generate(item: dict[str, Any], ctx: RecordContext[Params]) -> list[dict[str, Any]]:
+    if "group" in item:
+        return await _multi_image(item, ctx)
     p = ctx.params
     caption = item["caption"]
     if len(caption) < p.min_caption_chars:
@@ -238,11 +275,51 @@ async def generate(item: dict[str, Any], ctx: RecordContext[Params]) -> list[dic
         messages += [user(f"<image>\n{shown}" if turn == 1 else shown), assistant(answer)]
 
     return [{
-        "image": img.cell(), "image_sha256": img.sha256, "category": category.name, "difficulty": level.name,
+        "image": img.cell(), "image_sha256": img.sha256, "images": [], "images_sha256": [],
+        "category": category.name, "difficulty": level.name,
         "persona": persona, "persona_id": item.get("persona_id", ""),
         "messages": messages, "caption": caption, "source": describe(item, p.source),
         "models": {"writer": writer.model, "judge": judge.model if p.check_consistency else ""},
     }]
+
+
+async def _multi_image(item: dict[str, Any], ctx: RecordContext[Params]) -> list[dict[str, Any]]:
+    """2-4 images, each known by its caption as 画像1..N; one question that needs them all."""
+    p = ctx.params
+    if item["category"] is None:
+        raise Skip("no_category_fits", "multi-image group")
+    category = by_name(p.multi_image_categories, item["category"])
+    level = by_name(p.difficulties, item["difficulty"])
+    captions = [g["caption"] for g in item["group"]]
+    if any(len(c) < p.min_caption_chars for c in captions):
+        raise Skip("caption_too_short", "multi-image group")
+    images = [await load_image(g, p, ctx.resources) for g in item["group"]]
+    writer, judge = ctx.role("writer"), ctx.role("judge")
+    ask = ctx.prompts.render("multi_question", captions=captions, category=category, persona=item["persona"],
+                             difficulty=level)
+    question = _question(await writer.chat([user(ask)]), p, category)
+    reply = await writer.chat([user(ctx.prompts.render("multi_answer", captions=captions, question=question,
+                                                       category=category))])
+    joined = "\n".join(captions)
+    answer = _answer(reply, p, category, joined)
+    if p.check_consistency:
+        verdict = await judge.chat([user(ctx.prompts.render("verify", caption=_numbered(captions), question=question,
+                                                            answer=answer))], temperature=0.0)
+        _consistent(verdict.text, answer)
+    shown = f"{question}\n{_cue(category, ctx)}" if category.answer == "short" else question
+    placeholders = "\n".join("<image>" for _ in images)
+    return [{
+        "image": None, "image_sha256": "", "images": [img.cell() for img in images],
+        "images_sha256": [img.sha256 for img in images], "category": category.name, "difficulty": level.name,
+        "persona": item["persona"], "persona_id": item["persona_id"],
+        "messages": [user(f"{placeholders}\n{shown}"), assistant(answer)], "caption": _numbered(captions),
+        "source": " | ".join(describe(g, p.source) for g in item["group"]),
+        "models": {"writer": writer.model, "judge": judge.model if p.check_consistency else ""},
+    }]
+
+
+def _numbered(captions: list[str]) -> str:
+    return "\n".join(f"画像{i}: {c}" for i, c in enumerate(captions, 1))
 
 
 def _cue(category: Category, ctx: RecordContext[Params]) -> str:

@@ -14,14 +14,16 @@ from typing import Any
 
 from image_responders import CAPTIONS_JA, QUESTIONS, image_responder
 
-from synthgen.generators.category_recaption import DEFAULT_CATEGORIES
+from synthgen.generators.category_recaption import DEFAULT_CATEGORIES, bundled_multi_image_categories
 from synthgen.loopback_server import Reply, last_user_text
 
-BY_LABEL = {c.label: c for c in DEFAULT_CATEGORIES}
+MULTI_CATEGORIES = bundled_multi_image_categories()
+BY_LABEL = {c.label: c for c in [*DEFAULT_CATEGORIES, *MULTI_CATEGORIES]}
 _ASK = re.compile(r"「([^」]+)」の(質問|依頼)を一つ作って")
 SHORT_ANSWERS = {"counting": "2つです。", "ocr": "「NO.7」と書かれています。", "information_extraction": "赤い丸です。",
                  "color": "赤色です。", "position": "左側です。", "yes_no": "はい、写っています。",
-                 "title": "白地に並ぶ二つの図形"}
+                 "title": "白地に並ぶ二つの図形", "pick_image": "1枚目です。赤い丸がいちばん左にあります。",
+                 "count_across": "4つです。1枚目に2つ、2枚目に2つあります。"}
 
 
 def request_of(label: str) -> str:
@@ -69,7 +71,7 @@ class RecaptionWriter:
         if "利用者の質問:" in prompt:
             self._seen("answer", prompt)
             question = prompt.split("利用者の質問:", 1)[1].strip().splitlines()[0]
-            for cat in DEFAULT_CATEGORIES:
+            for cat in [*DEFAULT_CATEGORIES, *MULTI_CATEGORIES]:
                 if question in (request_of(cat.label), question_of(cat.label)):
                     return SHORT_ANSWERS[cat.name] if cat.answer == "short" else long_answer(cat.label)
             return "左の赤い丸は、つやのない平らな塗りで、青い四角よりひと回り小さく見えます。"

@@ -95,7 +95,8 @@ def test_cli_recaptions_a_caption_translate_dataset(tmp_path):
     kinds = {k: len(v) for k, v in writer.prompts.items()}
     assert kinds["question"] == kinds["answer"] == kinds["verify"] >= 12 and kinds["followup"] == 0
     man = orjson.loads((out / "manifest.json").read_bytes())
-    assert set(man["prompt_templates"]) == {"question", "answer", "verify", "followup"}
+    assert set(man["prompt_templates"]) == {"question", "answer", "verify", "followup", "multi_question",
+                                            "multi_answer"}
 
 
 def test_caption_mentions_contradictions_and_misfits_are_dropped(tmp_path):

@@ -22,6 +22,7 @@ from synthgen.generators.category_recaption import (
     DEFAULT_SHORT_CUES,
     Category,
     Dealer,
+    bundled_multi_image_categories,
     generator,
 )
 from synthgen.generators.images.samples import draw as draw_image
@@ -152,3 +153,32 @@ def test_bad_banks_are_clear_errors(tmp_path):
         with pytest.raises(ValidationError, match=message):
             generator.parse_params({"source": str(tmp_path), **bad})
     assert Category.model_validate(cat).phrasing == "question"
+
+
+def test_multi_image_records_hold_2_to_4_images_and_a_question_needing_them(tmp_path):
+    _parquet(tmp_path / "c.parquet", 16, CAPTION_TEXT)
+    writer = RecaptionWriter()
+    with LoopbackServer(writer) as srv:
+        spec = JobSpec(generator="category-recaption", n=8, out=str(tmp_path / "out"),
+                       params={"source": str(tmp_path / "c.parquet"), "caption_column": "text",
+                               "questions_per_image": 1, "multi_image_chance": 0.6, "images_per_record": [2, 4]},
+                       roles={"default": {"base_url": srv.base_url, "model": "M"}})
+        assert asyncio.run(run_job(spec)).stats.state == "succeeded"
+    ds = datasets.load_from_disk(str(tmp_path / "out"))
+    multi = [r for r in ds if r["images"]]
+    single = [r for r in ds if not r["images"]]
+    assert multi and single
+    names = {c.name for c in bundled_multi_image_categories()}
+    for row in multi:
+        k = len(row["images"])
+        assert 2 <= k <= 4 and row["image"] is None and len(set(row["images_sha256"])) == k
+        first = row["messages"][0]["content"]
+        assert first.startswith("<image>\n" * k) and first.count("<image>") == k
+        assert row["category"] in names and row["caption"].startswith("画像1: ")
+        if row["category"] == "count_across":
+            assert first.endswith("合計の数を数字で答えてください。")
+    for row in single:
+        assert row["image"] is not None and row["messages"][0]["content"].count("<image>") == 1
+    # the writer saw every image of the group, numbered
+    asked = [p for p in writer.prompts["question"] if "枚の画像に写っているもの" in p]
+    assert asked and all("1枚目: " in p and "2枚目: " in p for p in asked)

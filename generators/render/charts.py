@@ -128,7 +128,7 @@ LEFT, RIGHT, TOP, BOTTOM = 70, 20, 30, 60
 def svg(table: Table, style: ChartStyle, *, font: str, text_color: str) -> str:
     body = {"bar": _bars, "line": _line, "pie": _pie}[table.kind](table, style, text_color)
     return (f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
-            f'viewBox="0 0 {W} {H}" font-family="{html.escape(font)}" font-size="14" fill="{text_color}">'
+            f'viewBox="0 0 {W} {H}" font-family="{html.escape(font)}" font-size="16" fill="{text_color}">'
             f"{body}</svg>")
 
 
@@ -170,7 +170,7 @@ def _bars(table: Table, style: ChartStyle, text_color: str) -> str:
             width = (x1 - x0) * value / top
             parts.append(f'<rect class="bar" x="{x0}" y="{y:.3f}" width="{width:.3f}" height="{band * 0.7:.3f}" '
                          f'fill="{color}"/>')
-            parts.append(f'<text x="{x0 - 6}" y="{y + band * 0.35 + 5:.3f}" text-anchor="end" font-size="12">'
+            parts.append(f'<text x="{x0 - 6}" y="{y + band * 0.35 + 5:.3f}" text-anchor="end" font-size="14">'
                          f"{html.escape(label)}</text>")
             if style.value_labels:
                 parts.append(f'<text x="{x0 + width + 4:.3f}" y="{y + band * 0.35 + 5:.3f}">{text}</text>')
@@ -180,7 +180,7 @@ def _bars(table: Table, style: ChartStyle, text_color: str) -> str:
             height = (y0 - y1) * value / top
             parts.append(f'<rect class="bar" x="{x:.3f}" y="{y0 - height:.3f}" width="{band * 0.7:.3f}" '
                          f'height="{height:.3f}" fill="{color}"/>')
-            parts.append(f'<text x="{x + band * 0.35:.3f}" y="{y0 + 20}" text-anchor="middle" font-size="12">'
+            parts.append(f'<text x="{x + band * 0.35:.3f}" y="{y0 + 20}" text-anchor="middle" font-size="14">'
                          f"{html.escape(label)}</text>")
             if style.value_labels:
                 parts.append(f'<text x="{x + band * 0.35:.3f}" y="{y0 - height - 6:.3f}" text-anchor="middle">'
@@ -199,7 +199,7 @@ def _line(table: Table, style: ChartStyle, text_color: str) -> str:
         x = x0 + (x1 - x0) * (i + 0.5) / n
         y = y0 - (y0 - y1) * (value - lo) / (top - lo)
         points.append((x, y))
-        parts.append(f'<text x="{x:.3f}" y="{y0 + 20}" text-anchor="middle" font-size="12">{html.escape(label)}</text>')
+        parts.append(f'<text x="{x:.3f}" y="{y0 + 20}" text-anchor="middle" font-size="14">{html.escape(label)}</text>')
         if style.value_labels:
             parts.append(f'<text x="{x:.3f}" y="{y - 10:.3f}" text-anchor="middle">{html.escape(table.fmt(value))}</text>')
     color = style.colors[0]
