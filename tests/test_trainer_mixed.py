@@ -123,6 +123,7 @@ def test_projector_stage_without_image_rows_is_skipped_not_crashed(parts, tmp_pa
     assert train_main(write(cfg, tmp_path / "c.yaml"), []) == 0
     summary = {s["stage"]: s for s in training_data(tmp_path / "model")}
     assert "no rows with an image" in summary["pretrain"]["skipped"]
+    assert summary["pretrain"]["steps"] == 0 and summary["pretrain"]["text_only_rows_skipped"] == 8
     assert summary["finetune"]["steps"] == 2
     assert len(read_seen(tmp_path / "run", "finetune")) == 4
     # the LM learned from the text rows: its weights moved from the pretrained ones

@@ -243,6 +243,7 @@ class Run:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.assembled: Assembled | None = None
         self.corpora: dict[str, Corpus] = {}
+        self.image_keys: dict[int, list[str | None]] = {}  # by id() of a corpus in self.corpora
         self.encoder: Encoder | None = None
         self.stop = False
         self.global_step = 0
@@ -250,8 +251,14 @@ class Run:
 
     @property
     def corpus(self) -> Corpus | None:
-        """The corpus of data.sources (the default of every stage), once built."""
-        return self.corpora.get(_sources_key(self.cfg.data.sources))
+        """The corpus of data.sources (the default of every stage); None when that list is empty."""
+        if not self.cfg.data.sources:
+            return None
+        assert self.encoder is not None, "ensure_model first"
+        key = _sources_key(self.cfg.data.sources)
+        if key not in self.corpora:
+            self.corpora[key] = build_corpus(self.cfg.data, self.encoder)
+        return self.corpora[key]
 
     def ensure_model(self, init_from: str | None) -> Assembled:
         if self.assembled is None:
@@ -261,8 +268,6 @@ class Run:
             a = self.assembled
             self.encoder = Encoder(a.tokenizer, self.cfg.model.image_token, a.image_token_id, a.num_image_tokens,
                                    self.cfg.data.max_length, self.cfg.model.system_prompt, a.image_tokens_for())
-        if self.cfg.data.sources and self.corpus is None:
-            self.corpora[_sources_key(self.cfg.data.sources)] = build_corpus(self.cfg.data, self.encoder)
         return self.assembled
 
     def stage_data(self, stage: StageConfig) -> StageData:
@@ -273,14 +278,15 @@ class Run:
             self.corpora[key] = build_corpus(self.cfg.data, self.encoder, sources)
         corpus = self.corpora[key]
         order, text_only = stage_order(corpus, stage.needs_images)
-        if text_only:
-            log.info("stage %s: %d text-only rows skipped (the stage trains no weight they reach)", stage.name, text_only)
         return StageData(corpus, order, text_only)
 
     def keys(self, sd: StageData) -> list[str | None]:
-        """sha256 of every example's image bytes (None: no image, or its file is missing)."""
+        """sha256 of every example's image bytes (None: no image, or its file is missing), once per corpus."""
         if sd.keys is None:
-            sd.keys = [_digest(sd.corpus.image_ref(ex)) for ex in sd.corpus.examples]
+            cached = self.image_keys.get(id(sd.corpus))
+            if cached is None:
+                cached = self.image_keys[id(sd.corpus)] = [_digest(sd.corpus.image_ref(ex)) for ex in sd.corpus.examples]
+            sd.keys = cached
         return sd.keys
 
 
@@ -430,6 +436,9 @@ def run_stage(run: Run, si: int, stage: StageConfig) -> Path:
     a = run.assembled
     assert a is not None
     sd = run.stage_data(stage)
+    if sd.text_only_skipped:
+        log.info("stage %s: %d text-only rows skipped (the stage trains no weight they reach)", stage.name,
+                 sd.text_only_skipped)
     accelerator = _accelerator(cfg, stage, run.run_dir)
     set_seed(cfg.seed + si)
     llava = apply_stage(a.model, stage)
@@ -569,11 +578,12 @@ def run_training(cfg: TrainConfig) -> Path:
                 continue
             run.ensure_model(prev)
             last = si == len(cfg.stages) - 1
-            if len(run.stage_data(stage).order) == 0:
+            sd = run.stage_data(stage)
+            if len(sd.order) == 0:
                 reason = "no rows with an image: a stage with the LM frozen learns nothing from text-only rows"
                 log.warning("stage %s skipped: %s", stage.name, reason)
                 write_status(run.run_dir, stage=stage.name, phase=f"stage {stage.name} skipped: {reason}")
-                run.summaries[stage.name] = {"stage": stage.name, "skipped": reason}
+                run.summaries[stage.name] = {**stage_summary(cfg, stage, sd, 0, 0), "skipped": reason}
                 if last:
                     _save_untrained(run, out)
                     prev = str(out)
