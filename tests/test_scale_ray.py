@@ -154,3 +154,15 @@ def test_html_render_on_ray_matches_local(ray_cluster, tmp_path):
         # drawn by another browser in another process, from the same HTML: the same picture
         assert ix.size == iy.size and ix.tobytes() == iy.tobytes()
         assert x == y  # html, visible text (read back from the page), Q&A, messages
+
+
+def test_the_spec_picks_the_executor():
+    from synthgen.engine.executors import runner_for
+
+    local = JobSpec(generator="persona-qa")
+    assert local.executor == "local" and runner_for(local) is run_job
+    on_ray = JobSpec.model_validate({"generator": "persona-qa", "executor": "ray"})
+    assert runner_for(on_ray) is run_job_ray
+    assert runner_for(on_ray, ray_address="127.0.0.1:6379").keywords == {"address": "127.0.0.1:6379"}
+    with pytest.raises(ValueError):
+        JobSpec.model_validate({"generator": "persona-qa", "executor": "dask"})
