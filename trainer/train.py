@@ -602,9 +602,12 @@ def run_training(cfg: TrainConfig) -> Path:
         if cfg.eval is not None and is_main_process():
             from synthgen.trainer.evaluation import run_eval
 
+            run.assembled = None  # the evaluator loads the saved model itself: free this copy first
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
             write_status(run.run_dir, phase="evaluating")
             write_status(run.run_dir, eval=run_eval(out, cfg.eval, run.run_dir / "eval"))
-        if cfg.push_to_hub:
+        if cfg.push_to_hub and is_main_process():  # one upload, not one per rank
             from synthgen.trainer.hub import push_model
             from synthgen.trainer.progress import read_status
 
