@@ -386,6 +386,13 @@ class OpenAIBatchClient:
         if self._sdk is None:
             import openai
 
+            # The SDK's HTTP client logs every request at INFO: one line per poll of a day-long batch.
+            # Quieted unless someone chose a level for it; this module logs what a batch does.
+            for name in ("httpx2", "httpx"):
+                quiet = logging.getLogger(name)
+                if quiet.level == logging.NOTSET:
+                    quiet.setLevel(logging.WARNING)
+
             self._sdk = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key,
                                            max_retries=self._max_retries, timeout=self._request_timeout)
         return self._sdk

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import signal
+import subprocess
+import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -437,3 +442,45 @@ def test_output_and_error_lines_become_results_or_reasons() -> None:
     assert isinstance(busy, RequestError) and (busy.reason, busy.retryable) == ("http_429", True)
     assert isinstance(expired, RequestError) and (expired.reason, expired.retryable) == ("batch_expired", True)
     assert isinstance(odd, RequestError) and (odd.reason, odd.retryable) == ("batch_invalid_model", False)
+
+
+def test_a_killed_cli_run_resumes_onto_its_pending_batch(tmp_path: Path) -> None:
+    """SIGKILL while the first batch is out (no graceful close): `synthgen run --resume` attaches."""
+    box: dict[str, Any] = {}
+    ready = threading.Event()
+
+    def serve() -> None:
+        async def main() -> None:
+            async with BatchServer(persona_qa_responder) as srv:
+                box["srv"], box["done"] = srv, asyncio.Event()
+                ready.set()
+                await box["done"].wait()
+        box["loop"] = asyncio.new_event_loop()
+        box["loop"].run_until_complete(main())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    srv: BatchServer = box["srv"]
+    srv.hold = True
+    (tmp_path / "batch.yaml").write_text(
+        f"roles:\n  default:\n    engine: openai-batch\n    base_url: {srv.base_url}\n    model: m\n"
+        f"    options: {{batch_window_s: 0.3, poll_interval_s: 0.05}}\n", encoding="utf-8")
+    cli = [sys.executable, "-m", "synthgen.service.cli", "run", "persona-qa", "--n", "3", "--config",
+           str(tmp_path / "batch.yaml"), "--out", str(tmp_path / "out"), "-q"]
+    env = {**os.environ, "SYNTHGEN_DATA_ROOT": str(tmp_path / "data")}
+    try:
+        proc = subprocess.Popen(cli, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while srv.calls["GET /v1/batches/{id}"] < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        srv.hold = False
+        resumed = subprocess.run([*cli, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        box["loop"].call_soon_threadsafe(box["done"].set)
+        thread.join(10)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert len(datasets.load_from_disk(str(tmp_path / "out"))) == 3
+    assert srv.calls["POST /v1/batches"] == 4 and [len(b) for b in srv.inputs] == [3, 3, 3, 3]
