@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,19 +157,25 @@ def test_optimizers_by_name_and_gpu_options_fail_clearly(parts, tmp_path):
 
 def test_eval_section_calls_the_evaluator_or_says_it_is_not_available(parts, tmp_path, monkeypatch):
     import synthgen.evaluator as evaluator
+    import synthgen.trainer.evaluation as ev
 
     cfg = config(parts, tmp_path, {"vision": str(parts / "clip")}, "square64",
                  [{"name": "finetune", "train_lm": "full", "learning_rate": 1e-3, "max_steps": 1, "batch_size": 2}])
     cfg["eval"] = {"tasks": ["ja-vg-vqa-500"], "limit": 3, "options": {"max_new_tokens": 8}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True))
-    monkeypatch.delattr(evaluator, "run", raising=False)
+
+    def missing(name):
+        raise ImportError(f"No module named {name!r}")
+
+    monkeypatch.setattr(ev.importlib, "import_module", missing)
     assert train_main(tmp_path / "c.yaml", []) == 1
     assert "evaluator not available" in read_status(tmp_path / "run")["error"]
     assert not (tmp_path / "model").exists()  # refused before training, not after
+    monkeypatch.undo()
 
     calls = []
 
-    def fake_run(model_dir, *, tasks, limit, output_dir, **options):  # stands in for issue 14's evaluator
+    def fake_run(model_dir, *, tasks, limit, output_dir, **options):  # a run() entry point, as the contract allows
         calls.append((model_dir, tasks, limit, output_dir, options))
         assert load_model(model_dir).model is not None
         return {"ja-vg-vqa-500": {"rouge_l": 12.5}}
@@ -177,3 +185,28 @@ def test_eval_section_calls_the_evaluator_or_says_it_is_not_available(parts, tmp
     assert calls == [(str(tmp_path / "model"), ["ja-vg-vqa-500"], 3, str(tmp_path / "run" / "eval"),
                       {"max_new_tokens": 8})]
     assert read_status(tmp_path / "run")["eval"] == {"ja-vg-vqa-500": {"rouge_l": 12.5}}
+
+
+def test_eval_section_runs_synthgens_evaluator_on_the_trained_model(parts, tmp_path):
+    """The real evaluator (spec + runner) scores the freshly trained tiny model in-process on a local
+    copy of JA-VG-VQA-500's format; a spec it would refuse fails before training."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import eval_data
+
+    vg = eval_data.vg_vqa(tmp_path / "vg", images=2, per_image=1)
+    cfg = config(parts, tmp_path, {"vision": str(parts / "clip")}, "square64",
+                 [{"name": "finetune", "train_lm": "full", "learning_rate": 1e-3, "max_steps": 1, "batch_size": 2}])
+    cfg["eval"] = {"tasks": ["ja-vg-vqa-500"], "limit": 2,
+                   "options": {"sources": {"ja-vg-vqa-500": str(vg)}, "generation": {"max_tokens": 4},
+                               "model": {"options": {"device": "cpu"}}, "label": "tiny"}}
+    bad = {**cfg, "eval": {**cfg["eval"], "options": {"generation": {"max_tokens": 0}}}}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad, allow_unicode=True))
+    assert train_main(tmp_path / "bad.yaml", []) == 1 and not (tmp_path / "model").exists()
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    assert train_main(tmp_path / "c.yaml", []) == 0
+    headline = read_status(tmp_path / "run")["eval"]["ja-vg-vqa-500"]
+    assert headline["metric"] and 0 <= headline["value"] <= 100
+    report = json.loads((tmp_path / "run" / "eval" / "report.json").read_text())
+    assert report["label"] == "tiny" and report["tasks"]["ja-vg-vqa-500"]["n"] == 2

@@ -552,9 +552,9 @@ def _save_untrained(run: Run, out: Path) -> None:
 def run_training(cfg: TrainConfig) -> Path:
     preflight(cfg)
     if cfg.eval is not None:
-        from synthgen.trainer.evaluation import evaluator_entry
+        from synthgen.trainer.evaluation import check
 
-        evaluator_entry()  # "evaluator not available" now, not after hours of training
+        check(cfg.eval, cfg.output_dir)  # "evaluator not available" or a bad spec now, not after hours of training
     run = Run(cfg)
 
     def on_term(signum, frame) -> None:
