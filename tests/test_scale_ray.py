@@ -166,3 +166,36 @@ def test_the_spec_picks_the_executor():
     assert runner_for(on_ray, ray_address="127.0.0.1:6379").keywords == {"address": "127.0.0.1:6379"}
     with pytest.raises(ValueError):
         JobSpec.model_validate({"generator": "persona-qa", "executor": "dask"})
+
+
+def test_a_rest_job_on_ray_shows_progress_and_finishes(ray_cluster, tmp_path):
+    """`executor: ray` through the service: the worker (SYNTHGEN_RAY_ADDRESS set by the operator)
+    drives the run on the cluster; the job's progress is visible while it runs, then its dataset."""
+    from fastapi.testclient import TestClient
+    from test_service_api import job_body, settings_for, status_of, stop, wait_for, worker_env
+
+    from synthgen.service.api import create_app
+    from synthgen.service.store import JobStore
+
+    JobStore.open(f"sqlite:///{tmp_path}/synthgen.db").dispose()
+    env = {**worker_env(tmp_path), "SYNTHGEN_RAY_ADDRESS": ray_cluster, "SYNTHGEN_RAY_WORKERS": "2"}
+    with LoopbackServer(answers, latency=0.1) as srv, TestClient(create_app(settings_for(tmp_path))) as client:
+        log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed below
+        worker = subprocess.Popen([sys.executable, "-m", "synthgen.service.cli", "worker"], env=env,
+                                  stdout=log, stderr=subprocess.STDOUT)
+        try:
+            job = client.post("/v1/jobs", json=job_body(srv.base_url, 30, concurrency=6, executor="ray"))
+            assert job.status_code in (200, 201, 202), job.text
+            job_id = job.json()["id"]
+            running = wait_for(lambda: (s := status_of(client, job_id))["progress"]["records"] >= 5 and s, 120,
+                               "progress from the Ray run")
+            assert running["status"] == "running" and running["progress"]["records"] < 30
+            done = wait_for(lambda: (s := status_of(client, job_id))["status"] in ("succeeded", "failed") and s,
+                            120, "the Ray run to finish")
+        finally:
+            stop(worker)
+            log.close()
+    assert done["status"] == "succeeded", (done, (tmp_path / "worker.log").read_text()[-3000:])
+    rows = _rows(tmp_path / done["out"])
+    assert len(rows) == 30 and len({r["key"] for r in rows}) == 30
+    assert open_run(tmp_path / done["out"]).manifest()["executor"]["name"] == "ray"
