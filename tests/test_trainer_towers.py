@@ -206,7 +206,7 @@ def test_eval_section_runs_synthgens_evaluator_on_the_trained_model(parts, tmp_p
     assert train_main(tmp_path / "bad.yaml", []) == 1 and not (tmp_path / "model").exists()
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True))
     assert train_main(tmp_path / "c.yaml", []) == 0
-    headline = read_status(tmp_path / "run")["eval"]["ja-vg-vqa-500"]
-    assert headline["metric"] and 0 <= headline["value"] <= 100
+    (metric, value), = read_status(tmp_path / "run")["eval"]["ja-vg-vqa-500"].items()
     report = json.loads((tmp_path / "run" / "eval" / "report.json").read_text())
+    assert metric == report["tasks"]["ja-vg-vqa-500"]["headline"]["metric"] and 0 <= value <= 100
     assert report["label"] == "tiny" and report["tasks"]["ja-vg-vqa-500"]["n"] == 2

@@ -43,7 +43,11 @@ def evaluator_entry() -> Callable[..., Any]:
     def run(model_dir: str, *, tasks: list[str], limit: int | None, output_dir: str, **options: Any) -> dict:
         spec = build_spec(EvalSpec, model_dir, tasks, limit, options)
         report = asyncio.run(evaluate(spec, output_dir))
-        return {name: task.get("headline") for name, task in report.get("tasks", {}).items()}
+        out = {}  # {task: {metric: value}}: the headline of each task, as the model card lists scores
+        for name, task in report.get("tasks", {}).items():
+            head = task.get("headline") or {}
+            out[name] = {str(head.get("metric")): head.get("value")}
+        return out
 
     return run
 
