@@ -64,6 +64,10 @@ OPTIONS: dict[str, Any] = {
     "max_retries": 5,               # the SDK's own retries of one API call (429, 5xx, connection)
     "state_ttl_s": 7 * 24 * 3600.0,  # entries older than this are forgotten at load
     "state_dir": None,              # default: <data_root>/batches/<hash of base_url and model>
+    # Keep results after a caller took them, for a later run: a resumed run then also gets back the
+    # earlier steps of multi-step records it had not written. Meant for a state_dir of its own per run
+    # (results are otherwise shared with any later job sending the same request).
+    "reuse_taken_results": False,
     "extra_body": None,             # merged into every request body (as the openai engine does)
 }
 POSITIVE = ("batch_window_s", "max_batch_requests", "max_batch_bytes", "poll_interval_s", "batch_timeout_s",
@@ -95,7 +99,9 @@ class Entry:
     status: str = "submitted"  # submitted | completed (output kept for callers yet to come)
     output_file_id: str | None = None
     error_file_id: str | None = None
-    consumed: set[str] = field(default_factory=set)
+    consumed: set[str] = field(default_factory=set)  # taken by a caller, in this run or an earlier one
+    failed: set[str] = field(default_factory=set)  # answered with an error: never handed out again
+    taken_here: set[str] = field(default_factory=set)  # taken in this process
     results: dict[str, ChatResult] | None = None  # parsed output once the batch ended
     waiting: set[str] = field(default_factory=set)
     watch: asyncio.Task[None] | None = None
@@ -104,7 +110,8 @@ class Entry:
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "batch_id": self.batch_id, "input_file_id": self.input_file_id,
                 "status": self.status, "submitted_at": self.submitted_at, "output_file_id": self.output_file_id,
-                "error_file_id": self.error_file_id, "requests": self.requests, "consumed": sorted(self.consumed)}
+                "error_file_id": self.error_file_id, "requests": self.requests, "consumed": sorted(self.consumed),
+                "failed": sorted(self.failed)}
 
     @classmethod
     def load(cls, data: dict[str, Any]) -> Entry:
@@ -112,7 +119,8 @@ class Entry:
                    requests={str(k): str(v) for k, v in data["requests"].items()},
                    submitted_at=float(data["submitted_at"]), batch_id=data.get("batch_id"),
                    status=str(data.get("status") or "submitted"), output_file_id=data.get("output_file_id"),
-                   error_file_id=data.get("error_file_id"), consumed=set(data.get("consumed") or ()))
+                   error_file_id=data.get("error_file_id"), consumed=set(data.get("consumed") or ()),
+                   failed=set(data.get("failed") or ()))
 
 
 @dataclass(slots=True)
@@ -240,6 +248,7 @@ class OpenAIBatchClient:
         self._max_retries = int(opts["max_retries"])
         self._ttl = float(opts["state_ttl_s"])
         self._extra = dict(opts["extra_body"] or {})
+        self._reuse = bool(opts["reuse_taken_results"])
         # vLLM and other servers without auth take any key; the operator's OPENAI_API_KEY is never
         # read, so a job's base_url cannot receive a key the job did not bring.
         self._api_key = api_key or "EMPTY"
@@ -321,15 +330,22 @@ class OpenAIBatchClient:
         self._entries[entry.id] = entry
         for custom_id, digest in entry.requests.items():
             self._owner[custom_id] = entry
-            if custom_id not in entry.consumed and custom_id not in self._futures:
+            if self._available(entry, custom_id) and custom_id not in self._futures:
                 self._free.setdefault(digest, []).append((entry, custom_id))
+
+    def _available(self, entry: Entry, custom_id: str) -> bool:
+        """May a caller of this process take this request's result?"""
+        return (custom_id not in entry.failed and custom_id not in entry.taken_here
+                and (self._reuse or custom_id not in entry.consumed))
 
     def _attach(self, digest: str) -> tuple[Entry | None, str]:
         self._known()
         free = self._free.get(digest)
         if not free:
             return None, ""
-        entry, custom_id = free.pop(0)
+        # a result nobody took yet before one an earlier run took (and perhaps wrote)
+        pick = next((i for i, (e, c) in enumerate(free) if c not in e.consumed), 0)
+        entry, custom_id = free.pop(pick)
         if not free:
             del self._free[digest]
         return entry, custom_id
@@ -348,7 +364,7 @@ class OpenAIBatchClient:
         if entry is None:
             return
         entry.waiting.discard(custom_id)
-        if custom_id not in entry.consumed:
+        if self._available(entry, custom_id):
             self._free.setdefault(digest, []).append((entry, custom_id))
 
     # -- gathering and submitting --------------------------------------------------------------
@@ -508,10 +524,11 @@ class OpenAIBatchClient:
                              f"({_batch_errors(batch)})", retryable=True)
         missing = RequestError("batch_missing_result", f"batch {entry.batch_id} has no line for the request",
                                retryable=True)
-        entry.results = {c: r for c, r in lines.items() if isinstance(r, ChatResult) and c not in entry.consumed}
+        entry.results = {c: r for c, r in lines.items() if isinstance(r, ChatResult) and self._available(entry, c)}
         for custom_id in entry.requests:
-            if custom_id not in entry.results:
-                entry.consumed.add(custom_id)  # an error is not kept: a later caller submits again
+            if not isinstance(lines.get(custom_id), ChatResult):
+                entry.failed.add(custom_id)  # an error is not kept: a later caller submits again
+                entry.consumed.add(custom_id)
         entry.status, entry.output_file_id, entry.error_file_id = "completed", batch.output_file_id, batch.error_file_id
         log.info("openai-batch: %s %s (%d results, %d errors)", entry.batch_id, batch.status, len(entry.results),
                  len(entry.requests) - len(entry.results))
@@ -532,12 +549,13 @@ class OpenAIBatchClient:
         if fut is not None and not fut.done():
             fut.set_result(entry.results.pop(custom_id))
             entry.consumed.add(custom_id)
+            entry.taken_here.add(custom_id)
             entry.waiting.discard(custom_id)
             self._settle(entry)
 
     def _prune_free(self, entry: Entry) -> None:
         for digest in {entry.requests[c] for c in entry.consumed}:
-            kept = [(e, c) for e, c in self._free.get(digest, []) if not (e is entry and c in e.consumed)]
+            kept = [(e, c) for e, c in self._free.get(digest, []) if e is not entry or self._available(e, c)]
             if kept:
                 self._free[digest] = kept
             else:
@@ -545,8 +563,8 @@ class OpenAIBatchClient:
 
     def _settle(self, entry: Entry) -> None:
         """Write what changed (soon, coalesced); forget the entry once every result was taken."""
-        if len(entry.consumed) >= len(entry.requests):
-            self._forget(entry)
+        if len(entry.failed) >= len(entry.requests) or (not self._reuse and len(entry.consumed) >= len(entry.requests)):
+            self._forget(entry)  # with reuse_taken_results an entry stays until state_ttl_s
             return
         self._saves.add(entry.id)
         if self._save_task is None and not self._closed:
@@ -633,6 +651,8 @@ def check(role: str, cfg: RoleConfig) -> None:
         raise ValueError(f"role {role!r}: option max_retries must be a whole number >= 0")
     if "extra_body" in opts and not isinstance(opts["extra_body"], dict):
         raise ValueError(f"role {role!r}: option extra_body must be a mapping")
+    if "reuse_taken_results" in opts and not isinstance(opts["reuse_taken_results"], bool):
+        raise ValueError(f"role {role!r}: option reuse_taken_results must be true or false")
     if "completion_window" in opts and not isinstance(opts["completion_window"], str):
         raise ValueError(f"role {role!r}: option completion_window must be a string such as '24h'")
 

@@ -52,6 +52,7 @@ class BatchServer:
         self.responder = responder
         self.delay = delay
         self.hold = False
+        self.hold_from = 0  # batches from this number on stay in progress (0: none)
         self.expire = 0
         self.fail_create: list[bool] = []  # per POST /v1/batches ahead: answer 500 (True: after creating it)
         self.files: dict[str, bytes] = {}
@@ -144,7 +145,8 @@ class BatchServer:
         batch = self.batches[batch_id]
         if batch["status"] == "validating":
             batch["status"] = "in_progress"
-        elif batch["status"] == "in_progress" and not self.hold and time.monotonic() - batch["_t"] >= self.delay:
+        elif (batch["status"] == "in_progress" and not self.hold and time.monotonic() - batch["_t"] >= self.delay
+              and not (self.hold_from and int(batch_id.split("_")[1]) >= self.hold_from)):
             self._finish(batch)
         return web.json_response(self._public(batch_id))
 
@@ -484,3 +486,33 @@ def test_a_killed_cli_run_resumes_onto_its_pending_batch(tmp_path: Path) -> None
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert len(datasets.load_from_disk(str(tmp_path / "out"))) == 3
     assert srv.calls["POST /v1/batches"] == 4 and [len(b) for b in srv.inputs] == [3, 3, 3, 3]
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_a_resume_reuses_the_earlier_steps_only_when_asked(tmp_path: Path, reuse: bool) -> None:
+    """persona-qa stopped while its third step (the follow-up) is out. By default the resumed run
+    takes the pending third batch but asks steps one and two again (their results were taken);
+    with reuse_taken_results it takes those back too and pays for the fourth step only."""
+    def spec(srv: BatchServer, **kw: Any) -> JobSpec:
+        return JobSpec(generator="persona-qa", n=4, out=str(tmp_path / "out"), params={"turns": 2},
+                       roles=_roles(srv, state_dir=str(tmp_path / "state"), reuse_taken_results=reuse),
+                       flush_seconds=0.1, **kw)
+
+    async def go() -> tuple[Any, Any, BatchServer]:
+        async with BatchServer(persona_qa_responder) as srv:
+            srv.hold_from = 3
+            stop = asyncio.Event()
+            task = asyncio.create_task(run_job(spec(srv), stop=stop))
+            while srv.calls["POST /v1/batches"] < 3:
+                await asyncio.sleep(0.01)
+            stop.set()
+            first = await task
+            srv.hold_from = 0
+            return first, await run_job(spec(srv, resume=True)), srv
+
+    first, second, srv = asyncio.run(go())
+    assert first.stats.state == "stopped" and second.stats.state == "succeeded"
+    assert len(datasets.load_from_disk(str(tmp_path / "out"))) == 4
+    assert [len(b) for b in srv.inputs] == [4] * (4 if reuse else 6)
+    kept = list((tmp_path / "state").glob("*.json"))
+    assert len(kept) == (4 if reuse else 0)  # reused results stay until state_ttl_s
