@@ -42,7 +42,7 @@ from ray.exceptions import ActorUnavailableError, ObjectLostError, RayActorError
 
 from synthgen.engine import plugin
 from synthgen.engine.checkpoint import ShardStore
-from synthgen.engine.errors import RequestError
+from synthgen.engine.errors import EngineUnavailable, RequestError
 from synthgen.engine.finalize import save_dataset, write_manifest
 from synthgen.engine.keys import record_key, row_key, seed_of
 from synthgen.engine.prompts import Prompts
@@ -219,7 +219,14 @@ async def start_workers(gen: plugin.Generator, spec: JobSpec, resolved: dict[str
         num_cpus=cpus, max_restarts=-1, max_task_retries=0,
         max_concurrency=max(64, concurrency // count + MAX_BATCH + 8))
     workers = [_Worker(actor_cls.remote(gen, dict(spec.params), share)) for _ in range(count)]
-    infos = await asyncio.gather(*(w.actor.describe.remote() for w in workers))
+    try:
+        infos = await asyncio.gather(*(w.actor.describe.remote() for w in workers))
+    except Exception as exc:  # e.g. synthgen or the generator cannot be imported on a node
+        for w in workers:
+            with contextlib.suppress(Exception):
+                ray.kill(w.actor, no_restart=True)
+        raise EngineUnavailable(f"the Ray record workers could not start: {type(exc).__name__}: "
+                                f"{str(exc)[:1500]}") from None
     for w, info in zip(workers, infos, strict=True):
         w.pid = info["pid"]
     return workers
