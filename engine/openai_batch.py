@@ -390,7 +390,19 @@ class OpenAIBatchClient:
             self._window_task = None
         batch, self._window, self._window_bytes = list(self._window.values()), {}, 0
         if batch:
-            self._spawn(self._submit(batch))
+            ids = [p.custom_id for p in batch]
+            self._spawn(self._guarded(self._submit(batch), lambda: ids))
+
+    async def _guarded(self, coro: Any, callers: Any) -> None:
+        """Run a submit or watch task; if it breaks (a state folder that cannot be written, a bug),
+        its callers fail at once with the reason instead of waiting for batch_timeout_s."""
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("openai-batch: %s", type(exc).__name__)
+            self._fail(callers(), RequestError("batch_internal", f"{type(exc).__name__}: {exc}"))
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -404,10 +416,9 @@ class OpenAIBatchClient:
 
             # The SDK's HTTP client logs every request at INFO: one line per poll of a day-long batch.
             # Quieted unless someone chose a level for it; this module logs what a batch does.
-            for name in ("httpx2", "httpx"):
-                quiet = logging.getLogger(name)
-                if quiet.level == logging.NOTSET:
-                    quiet.setLevel(logging.WARNING)
+            quiet = logging.getLogger("httpx2")  # the SDK's own HTTP client, used by nothing else here
+            if quiet.level == logging.NOTSET:
+                quiet.setLevel(logging.WARNING)
 
             self._sdk = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key,
                                            max_retries=self._max_retries, timeout=self._request_timeout)
@@ -426,8 +437,7 @@ class OpenAIBatchClient:
             self._fail(list(entry.requests), _sdk_error(exc))
             return
         entry.input_file_id = uploaded.id
-        if not self._state.lock(entry):  # a fresh id: cannot be held elsewhere
-            raise RuntimeError(f"batch state {entry.id} is locked by another process")
+        self._state.lock(entry)  # a fresh id: nobody else holds it
         self._known()
         self._register(entry)
         entry.waiting.update(c for c in entry.requests if c in self._futures)
@@ -456,7 +466,7 @@ class OpenAIBatchClient:
     def _ensure_watch(self, entry: Entry) -> None:
         if entry.results is None and entry.waiting and (entry.watch is None or entry.watch.done()) \
                 and not self._closed and entry.input_file_id:
-            entry.watch = asyncio.create_task(self._watch(entry))
+            entry.watch = asyncio.create_task(self._guarded(self._watch(entry), lambda: list(entry.waiting)))
 
     async def _watch(self, entry: Entry) -> None:
         """Poll one batch until it ends while anyone waits on it; then route its lines."""
@@ -518,7 +528,12 @@ class OpenAIBatchClient:
                             if line.get("custom_id") in entry.requests:
                                 lines[line["custom_id"]] = _line_result(line, self.model)
         except Exception as exc:
-            self._release_callers(entry, _sdk_error(exc))  # the next caller's watch downloads it again
+            error = _sdk_error(exc)
+            if error.reason == "http_404":  # the output is gone (deleted, expired): ask again
+                self._forget(entry)
+                self._fail(list(entry.waiting), RequestError("batch_lost", error.args[0], retryable=True))
+                return
+            self._release_callers(entry, error)  # the next caller's watch downloads it again
             return
         whole = RequestError(f"batch_{batch.status}", f"batch {entry.batch_id} ended {batch.status} "
                              f"({_batch_errors(batch)})", retryable=True)
@@ -530,8 +545,9 @@ class OpenAIBatchClient:
                 entry.failed.add(custom_id)  # an error is not kept: a later caller submits again
                 entry.consumed.add(custom_id)
         entry.status, entry.output_file_id, entry.error_file_id = "completed", batch.output_file_id, batch.error_file_id
-        log.info("openai-batch: %s %s (%d results, %d errors)", entry.batch_id, batch.status, len(entry.results),
-                 len(entry.requests) - len(entry.results))
+        answered = sum(isinstance(r, ChatResult) for r in lines.values())
+        log.info("openai-batch: %s %s (%d results, %d errors)", entry.batch_id, batch.status, answered,
+                 len(entry.requests) - answered)
         for custom_id in list(entry.waiting):
             result = lines.get(custom_id) or (whole if batch.status != "completed" else missing)
             if isinstance(result, ChatResult):

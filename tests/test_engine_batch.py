@@ -516,3 +516,22 @@ def test_a_resume_reuses_the_earlier_steps_only_when_asked(tmp_path: Path, reuse
     assert [len(b) for b in srv.inputs] == [4] * (4 if reuse else 6)
     kept = list((tmp_path / "state").glob("*.json"))
     assert len(kept) == (4 if reuse else 0)  # reused results stay until state_ttl_s
+
+
+def test_a_state_folder_that_cannot_be_written_fails_the_call_at_once(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file where the state folder should be", encoding="utf-8")
+
+    async def go() -> RequestError:
+        async with BatchServer(lambda b: "はい") as srv:
+            client = _client(srv, tmp_path / "taken")
+            try:
+                async with asyncio.timeout(10):
+                    with pytest.raises(RequestError) as failed:
+                        await client.complete(ASK, {}, 5)
+            finally:
+                await client.aclose()
+            assert srv.calls["POST /v1/batches"] == 0  # nothing submitted without a record of it
+            return failed.value
+
+    error = asyncio.run(go())
+    assert error.reason == "batch_internal" and not error.retryable and "taken" in str(error)
