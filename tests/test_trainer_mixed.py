@@ -184,3 +184,21 @@ def test_rest_confines_each_stages_own_sources(tmp_path):
         with pytest.raises(HTTPException) as err:
             confine_config(body, root, root / "runs" / "t")
         assert err.value.status_code == 422 and "stages" in str(err.value.detail)
+
+
+def test_rest_limits_the_eval_section(tmp_path):
+    """eval.options can carry paths and a judge endpoint: over REST only generation settings and a label pass."""
+    from fastapi import HTTPException
+
+    from synthgen.service.api.trainings import confine_config
+
+    root = tmp_path / "root"
+    for d in ("jobs/a", "models/v", "models/l"):
+        (root / d).mkdir(parents=True)
+    body = {"model": {"vision": "models/v", "lm": "models/l"}, "data": {"sources": [{"path": "jobs/a"}]},
+            "output_dir": "models/x", "eval": {"options": {"judge": {"base_url": "http://10.0.0.1/v1"}}}}
+    with pytest.raises(HTTPException) as err:
+        confine_config(body, root, root / "runs" / "t")
+    assert err.value.status_code == 422 and "['judge']" in str(err.value.detail)
+    body["eval"] = {"tasks": ["ja-vg-vqa-500"], "limit": 5, "options": {"generation": {"max_tokens": 64}}}
+    assert confine_config(body, root, root / "runs" / "t")["eval"] == body["eval"]

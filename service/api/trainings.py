@@ -151,6 +151,13 @@ def confine_config(config: dict[str, Any], root: Path, run_dir: Path, policy: Po
                     if isinstance(src, dict) and isinstance(src.get(key), str):
                         src[key] = _confine(src[key], root, ["body", "stages", si, "sources", i, key],
                                             output=False, policy=policy)
+    ev = cfg.get("eval")
+    options = ev.get("options") if isinstance(ev, dict) else None
+    if isinstance(options, dict):  # sources, a judge or model endpoint, cache_dir: paths and URLs not checked here
+        extra = sorted(set(options) - {"generation", "label"})
+        if extra:
+            raise invalid(["body", "eval", "options"], f"eval.options {extra} are for local runs; over REST chain "
+                          "POST /v1/evaluations with after_training (policy-checked)", "server_setting")
     hub = cfg.get("push_to_hub")
     if isinstance(hub, dict) and isinstance(hub.get("token_env"), str) and not re.match(
             r"^(HF_|HUGGING_FACE_)[A-Z0-9_]*$", hub["token_env"]):
