@@ -446,6 +446,8 @@ def run_stage(run: Run, si: int, stage: StageConfig) -> Path:
     if cfg.gradient_checkpointing:
         llava.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     uses_cache = stage.uses_cache and a.supports_feature_cache
+    if stage.uses_cache and not uses_cache:
+        log.info("stage %s: anyres tiles vary per image, so the tower runs live (no feature cache)", stage.name)
     features = _feature_rows(run, accelerator, sd) if uses_cache else None
     step_module = StepModule(llava)
     optimizer = make_optimizer(stage, _param_groups(llava, stage))
