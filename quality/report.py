@@ -143,10 +143,12 @@ def write_report(dataset: str | Path, out_dir: str | Path | None = None, split: 
 
     if data["rows"]:
         fig, ax = plt.subplots(figsize=(7.5, 3.6))
-        top = max(max(data["q_len"]), max(data["a_len"]), 1)
-        bins = min(60, max(10, top // 10))
-        ax.hist(data["q_len"], bins=bins, alpha=0.6, label="質問 (question)")
-        ax.hist(data["a_len"], bins=bins, alpha=0.6, label="回答 (answer)")
+        import numpy as np
+
+        both = data["q_len"] + data["a_len"]
+        edges = np.histogram_bin_edges(both, bins=min(60, max(10, (max(both) - min(both)) // 5 + 1)))
+        ax.hist(data["q_len"], bins=edges, alpha=0.6, label="質問 (question)")  # shared edges: comparable bars
+        ax.hist(data["a_len"], bins=edges, alpha=0.6, label="回答 (answer)")
         ax.set_title("文字数の分布 (length in characters)")
         ax.set_xlabel("文字数")
         ax.set_ylabel("レコード数")
