@@ -5,8 +5,9 @@ SIDE px, which JPEG cannot shrink much, so each row carries ~0.5-1 MB of image b
 it with `synthgen.publish.hub.push` to a loopback Hub running in its own process (its buffers do
 not count). A thread samples this process's RSS every 20 ms during the push. Prints the figures;
 the last line is JSON: dataset_gb, shards, commits, push_s, mb_per_s, rss_before_mb, rss_peak_mb,
-rss_growth_mb. Flat memory means rss_growth_mb stays far below one shard (500 MB) and does not
-grow with --rows.
+rss_growth_mb, and the peak split into anon (the process's own memory) and file (pages of mapped
+files). Flat memory means rss_growth_mb stays far below one shard (500 MB) and does not grow
+with --rows. The run is made in the same process first, so rss_before_mb includes its leftovers.
 
     python bench/publish.py --rows 3000 --side 1024
 """
@@ -32,9 +33,15 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+def rss_mb() -> dict[str, float]:
+    """VmRSS and its parts: RssAnon (this process's own memory) and RssFile (mapped file pages)."""
+    out = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(("VmRSS:", "RssAnon:", "RssFile:")):
+                key, value = line.split(":")
+                out[key] = int(value.split()[0]) / 1024
+    return out
 
 
 def noise_folder(folder: Path, n: int, side: int) -> None:
@@ -43,7 +50,7 @@ def noise_folder(folder: Path, n: int, side: int) -> None:
     base = rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8)
     for i in range(n):
         shifted = np.roll(base, shift=(i * 7) % side, axis=1) ^ np.uint8(i % 251)
-        Image.fromarray(shifted).save(folder / f"img-{i:06d}.png", compress_level=1)
+        Image.fromarray(shifted).save(folder / f"img-{i:06d}.jpg", quality=95)
 
 
 def make_run(tmp: Path, rows: int, side: int) -> Path:
@@ -99,13 +106,14 @@ def main() -> None:
             from synthgen.publish.hub import push
 
             assert len(open_run(run).dataset()) == args.rows
-            peak = before = rss_mb()
+            before = rss_mb()
+            peak = dict(before)
             done = threading.Event()
 
             def sample() -> None:
-                nonlocal peak
                 while not done.is_set():
-                    peak = max(peak, rss_mb())
+                    for key, value in rss_mb().items():
+                        peak[key] = max(peak[key], value)
                     time.sleep(0.02)
 
             sampler = threading.Thread(target=sample, daemon=True)
@@ -121,10 +129,13 @@ def main() -> None:
             hub.wait(30)
         figures = {"rows": args.rows, "dataset_gb": round(dataset_bytes / 1e9, 2), "shards": result.shards,
                    "commits": result.commits, "push_s": round(push_s, 1),
-                   "mb_per_s": round(dataset_bytes / 1e6 / push_s, 1), "rss_before_mb": round(before),
-                   "rss_peak_mb": round(peak), "rss_growth_mb": round(peak - before)}
+                   "mb_per_s": round(dataset_bytes / 1e6 / push_s, 1), "rss_before_mb": round(before["VmRSS"]),
+                   "rss_peak_mb": round(peak["VmRSS"]), "rss_growth_mb": round(peak["VmRSS"] - before["VmRSS"]),
+                   "anon_peak_mb": round(peak["RssAnon"]), "anon_growth_mb": round(peak["RssAnon"] - before["RssAnon"]),
+                   "file_peak_mb": round(peak["RssFile"])}
         print(f"pushed {figures['dataset_gb']} GB in {figures['shards']} shards / {figures['commits']} commits in "
-              f"{push_s:.0f}s; RSS {before:.0f} MB before, peak {peak:.0f} MB", file=sys.stderr)
+              f"{push_s:.0f}s; RSS {before['VmRSS']:.0f} MB before, peak {peak['VmRSS']:.0f} MB "
+              f"(own memory {peak['RssAnon']:.0f} MB, mapped files {peak['RssFile']:.0f} MB)", file=sys.stderr)
         print(json.dumps(figures))
     finally:
         if args.dir is None:

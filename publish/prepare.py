@@ -107,8 +107,7 @@ def prepare(run_dir: str | Path, folder: Path, *, repo_id: str, config: str | No
     check_names(config, split)
     all_sources = merge_sources(list(sources or []), detected_sources(manifest))
     resolved = cards.resolve_license(license, all_sources)
-    staged = shard_io.stage(ds, folder, config, split, max_shard_bytes=max_shard_bytes,
-                             row_group=row_group)
+    staged = shard_io.stage(ds, folder, config, split, max_shard_bytes=max_shard_bytes, row_group=row_group)
     samples, extras = _samples(ds, folder, config, split)
     manifest_path = folder / config / f"{split}_synthgen_manifest.json"
     manifest_path.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2, default=str))

@@ -46,6 +46,17 @@ def plain_rows(ds: datasets.Dataset) -> list[dict]:
     return rows
 
 
+def hub_online(monkeypatch) -> None:
+    """Let huggingface_hub make requests again (conftest sets offline mode before it is imported);
+    conftest's socket guard still fails any connection that is not loopback."""
+    import datasets.config
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+
 @contextlib.contextmanager
 def hub_reads(monkeypatch, endpoint: str) -> Iterator[None]:
     """Point `datasets.load_dataset` (and huggingface_hub's downloads) at the loopback Hub."""
@@ -54,9 +65,7 @@ def hub_reads(monkeypatch, endpoint: str) -> Iterator[None]:
 
     monkeypatch.setattr(constants, "ENDPOINT", endpoint)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(datasets.config, "HF_ENDPOINT", endpoint)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    hub_online(monkeypatch)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     yield

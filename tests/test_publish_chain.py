@@ -17,6 +17,7 @@ import datasets
 import pytest
 from fastapi.testclient import TestClient
 from image_responders import CAPTIONS_JA, GENERIC_ANSWER, GENERIC_QUESTION, image_responder
+from publish_runs import hub_online
 from test_service_api import settings_for, stop, wait_for, worker_env
 
 from synthgen.generators.images.samples import write_folder
@@ -26,6 +27,12 @@ from synthgen.service.api import create_app
 from synthgen.service.chain import deliver, sign
 from synthgen.service.store import JobStore
 from synthgen.spec import WebhookSpec
+
+
+@pytest.fixture(autouse=True)
+def _hub_online(monkeypatch):
+    hub_online(monkeypatch)
+
 
 SECRET = "whsec-test-123"
 
@@ -153,7 +160,7 @@ def test_chained_job_generates_publishes_and_trains(service):
     assert publish["result"]["local_dir"] == "published/ja-captions" and publish["result"]["rows"] == 4
     assert train["name"] == "train" and train["state"] == "succeeded", train
     # The published folder loads with load_dataset, row for row the job's data.
-    ds = datasets.load_dataset(str(root / "published" / "ja-captions"), split="train")
+    ds = datasets.load_dataset(str(root / "published" / "ja-captions"), split="train", cache_dir=str(root / "c"))
     assert ds["key"] == datasets.load_from_disk(str(root / job["out"]))["key"]
     # The training ran through /v1/trainings' machinery and left a model with a model card.
     trainings = client.get("/v1/trainings").json()

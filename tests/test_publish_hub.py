@@ -13,12 +13,18 @@ import sys
 import datasets
 import pytest
 from huggingface_hub import DatasetCard
-from publish_runs import hub_reads, image_run, plain_rows, text_run
+from publish_runs import hub_online, hub_reads, image_run, plain_rows, text_run
 
 from synthgen.engine.runs import open_run
 from synthgen.publish.card import SourceInfo, validate_card
 from synthgen.publish.hub import Backoff, push
 from synthgen.publish.loopback_hub import LoopbackHub
+
+
+@pytest.fixture(autouse=True)
+def _hub_online(monkeypatch):
+    hub_online(monkeypatch)
+
 
 FAST = Backoff(attempts=4, first=0.01, cap=0.05)
 

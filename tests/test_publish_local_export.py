@@ -28,13 +28,14 @@ def test_local_publish_loads_row_for_row(runs, tmp_path):
     out = tmp_path / "pub"
     result = publish_local(cap, out, row_group=2, max_shard_bytes=1)
     assert (result.config, result.rows, result.shards) == ("caption-translate", 5, 3)
-    loaded = datasets.load_dataset(str(out), split="train")  # a single config: no name needed
+    loaded = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "c"))  # a single config: no name needed
     assert plain_rows(loaded) == plain_rows(open_run(cap).dataset())
     assert loaded.features["image"] == datasets.Image()
     publish_local(pqa, out)  # a second generator becomes a second config of the same folder
-    assert plain_rows(datasets.load_dataset(str(out), "persona-qa", split="train")) == \
+    assert plain_rows(datasets.load_dataset(str(out), "persona-qa", split="train", cache_dir=str(tmp_path / "c"))) == \
         plain_rows(open_run(pqa).dataset())
-    assert plain_rows(datasets.load_dataset(str(out), "caption-translate", split="train")) == \
+    assert plain_rows(datasets.load_dataset(str(out), "caption-translate", split="train",
+                                         cache_dir=str(tmp_path / "c"))) == \
         plain_rows(open_run(cap).dataset())
     card = DatasetCard((out / "README.md").read_text(encoding="utf-8"))
     validate_card(str(card))
@@ -74,7 +75,7 @@ def test_llava_and_llava_jp_exports(runs, tmp_path):
 def test_trl_export_parts_match_images(runs, tmp_path):
     cap, pqa = runs
     result = export(cap, "trl", tmp_path / "trl")
-    ds = datasets.load_dataset(str(tmp_path / "trl"), split="train")
+    ds = datasets.load_dataset(str(tmp_path / "trl"), split="train", cache_dir=str(tmp_path / "c"))
     assert result.rows == len(ds) == 5 and result.images == 5
     for row in ds:
         parts = [p for m in row["messages"] for p in m["content"]]
@@ -83,7 +84,7 @@ def test_trl_export_parts_match_images(runs, tmp_path):
         assert all("<image>" not in (p["text"] or "") for p in parts)
         assert row["images"][0].size[0] > 0
     text = export(pqa, "trl", tmp_path / "trl-text")
-    ds = datasets.load_dataset(str(tmp_path / "trl-text"), split="train")
+    ds = datasets.load_dataset(str(tmp_path / "trl-text"), split="train", cache_dir=str(tmp_path / "c"))
     assert text.images == 0 and "images" not in ds.column_names and len(ds) == 3
     assert isinstance(ds[0]["messages"][0]["content"], str)
 

@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from huggingface_hub import ModelCard, constants
+from publish_runs import hub_online
 
 from synthgen.publish.loopback_hub import LoopbackHub
 from synthgen.publish.model_card import build_model_card, write_model_card
 from synthgen.trainer.config import HubConfig, TrainConfig
 from synthgen.trainer.hub import push_model
+
+
+@pytest.fixture(autouse=True)
+def _hub_online(monkeypatch):
+    hub_online(monkeypatch)
+
 
 CONFIG = {"model": {"vision": "google/siglip-so400m-patch14-384", "lm": "llm-jp/llm-jp-3-1.8b"},
           "data": {"sources": [{"path": "my-org/ja-vqa"}, {"path": "/data/local-run"}]},
