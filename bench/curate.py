@@ -33,16 +33,19 @@ from throughput import _ceiling, free_port, wait_for_port  # the same ceiling cl
 
 
 def _write_dataset(path: Path, n: int, dup_share: float) -> int:
+    """Streamed to disk (Dataset.from_generator), so a million records never sit in memory."""
     import datasets
 
-    from synthgen.quality.planted import planted_corpus
+    from synthgen.quality.planted import planted_stream
 
-    rows = planted_corpus(int(n / (1 + dup_share * 2)), dup_share=dup_share, seed=11)[:n]
-    recs = [{"key": r["key"], "messages": [{"role": "user", "content": r["question"]},
-                                           {"role": "assistant", "content": r["answer"]}],
-             "task": "math"} for r in rows]
-    datasets.Dataset.from_list(recs).save_to_disk(str(path))
-    return len(recs)
+    def rows():
+        for r in planted_stream(n, dup_share=dup_share, seed=11):
+            yield {"key": r["key"], "messages": [{"role": "user", "content": r["question"]},
+                                                 {"role": "assistant", "content": r["answer"]}], "task": "math"}
+
+    with tempfile.TemporaryDirectory() as cache:
+        datasets.Dataset.from_generator(rows, cache_dir=cache).save_to_disk(str(path))
+    return n
 
 
 def _judge_server(port: int, latency: float) -> None:
@@ -112,6 +115,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--seconds", type=float, default=15.0, help="capacity measurement length")
     parser.add_argument("--rounds", type=int, default=3, help="alternating capacity/judge rounds (median ratio)")
+    parser.add_argument("--no-judge", action="store_true", help="the dedup measurement only")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -129,12 +133,16 @@ def main() -> None:
     result: dict = {"load_before": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
-        n = _write_dataset(t / "in", args.records, 0.05)
+        n = _write_dataset(t / "in", args.records, 0.1)
         dedup = _child("curate", str(t / "in"), str(t / "out"), "dedup", "")
         result["dedup"] = dedup
         print(f"dedup: {n:,} records, {dedup['records_per_s']:,} rec/s, peak RSS {dedup['peak_rss_mb']} MB, "
               f"dropped {dedup['dropped']}", file=sys.stderr)
-        _write_dataset(t / "jin", args.judge_records, 0.05)
+        if args.no_judge:
+            result["load_after"] = os.getloadavg()
+            print(json.dumps(result))
+            return
+        _write_dataset(t / "jin", args.judge_records, 0.1)
         port = free_port()
         server = subprocess.Popen([sys.executable, __file__, "--child", "server", "--latency", str(args.latency),
                                    str(port)])

@@ -149,3 +149,24 @@ def japanese_records(n: int, seed: int = 0) -> Iterator[dict[str, str]]:
     for j in range(n):
         rec = base_record(rng)
         yield {"key": hashlib.blake2b(f"{seed}:{j}".encode(), digest_size=16).hexdigest(), **rec}
+
+
+def planted_stream(n: int, dup_share: float = 0.1, seed: int = 0, window: int = 1000) -> Iterator[dict[str, Any]]:
+    """n records as a stream (for sizes that should not sit in memory): each is a repeat of one
+    of the last `window` originals with probability dup_share (any variant kind), else new."""
+    rng = random.Random(seed)
+    recent: list[tuple[int, dict[str, str]]] = []
+    base_count = 0
+    for j in range(n):
+        key = hashlib.blake2b(f"{seed}:{j}".encode(), digest_size=16).hexdigest()
+        if recent and rng.random() < dup_share:
+            cluster, base = rng.choice(recent)
+            kind = VARIANTS[j % len(VARIANTS)]
+            yield {"key": key, **variant(rng, base, kind), "cluster": cluster, "variant": kind}
+            continue
+        base = base_record(rng)
+        recent.append((base_count, base))
+        if len(recent) > window:
+            recent.pop(0)
+        yield {"key": key, **base, "cluster": base_count, "variant": "original"}
+        base_count += 1
