@@ -271,11 +271,15 @@ async def run_job_ray(spec: JobSpec, *, settings: Settings | None = None, stats:
     concurrency = spec.concurrency or max(c.concurrency or 1 for c in resolved.values())
     started_wall = time.time()
     pool: list[_Worker] = []
+    replicas: dict[str, Any] = {}
     dataset = None
     joined = False
     try:
         joined = connect(address or settings.ray_address or os.environ.get("RAY_ADDRESS"))
         stats.state = "starting"
+        # Models served inside the cluster (engine ray-replicas) are started here, so the driver
+        # owns them for the run and every record worker finds the same replicas by name.
+        replicas = build_roles({n: c for n, c in resolved.items() if c.engine == "ray-replicas"})
         pool = await start_workers(gen, spec, resolved, count=workers or settings.ray_workers or None,
                                    cpus=worker_cpus or settings.ray_worker_cpus, concurrency=concurrency)
         models = await pool[0].actor.describe.remote()
@@ -299,6 +303,8 @@ async def run_job_ray(spec: JobSpec, *, settings: Settings | None = None, stats:
     finally:
         if pool:
             await stop_workers(pool)
+        if replicas:
+            await close_roles(replicas)
         if joined:
             ray.shutdown()
     manifest = _manifest(spec, gen, params, resolved, prompts, store, stats, started_wall, features, made_by)

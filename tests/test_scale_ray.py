@@ -1,6 +1,7 @@
 """The Ray executor on a local Ray instance (2 CPUs, started once for the module): the same
 keys and rows as the local executor, a worker process killed mid-run, a driver killed and
-resumed, all against loopback OpenAI-compatible servers."""
+resumed, a REST job, all against loopback OpenAI-compatible servers; and the ray-replicas
+backend (a role's model inside the cluster) on CPU."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ import ray  # in the dev extra, so CI runs these tests
 from PIL import Image
 from scale_responders import answers
 
+from synthgen.engine.errors import EngineUnavailable
 from synthgen.engine.ray_executor import run_job_ray
+from synthgen.engine.roles import build_roles, close_roles, resolve_roles
 from synthgen.engine.runner import run_job
 from synthgen.engine.runs import NotARun, open_run
 from synthgen.loopback_server import LoopbackServer
@@ -199,3 +202,59 @@ def test_a_rest_job_on_ray_shows_progress_and_finishes(ray_cluster, tmp_path):
     rows = _rows(tmp_path / done["out"])
     assert len(rows) == 30 and len({r["key"] for r in rows}) == 30
     assert open_run(tmp_path / done["out"]).manifest()["executor"]["name"] == "ray"
+
+
+# -- the ray-replicas backend: a role's model inside the cluster (CPU here; vLLM needs GPUs) ---------
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["こんにちは、世界。", "hello world", "<|user|> <|assistant|>"] * 20,
+                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "</s>", "<s>"],
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", bos_token="<s>")
+    fast.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+                          "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    fast.save_pretrained(path)
+    cfg = LlamaConfig(vocab_size=fast.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      pad_token_id=fast.pad_token_id, eos_token_id=fast.eos_token_id, bos_token_id=fast.bos_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    return str(path)
+
+
+def _replica_roles(**cfg):
+    return build_roles(resolve_roles({"default": RoleConfig(engine="ray-replicas", **cfg)}, ("writer",)))
+
+
+def test_ray_replicas_backend_spreads_requests_over_two_cpu_replicas(ray_cluster, tiny_llama):
+    roles = _replica_roles(model=tiny_llama, max_tokens=8, temperature=0.0,
+                           options={"backend": "transformers", "replicas": 2, "num_cpus": 0.25})
+    client = roles["writer"].client
+
+    async def go():
+        try:
+            return await asyncio.gather(*(roles["writer"].chat([{"role": "user", "content": f"こんにちは {i}"}])
+                                          for i in range(16)))
+        finally:
+            await close_roles(roles)
+
+    results = asyncio.run(go())
+    assert len(results) == 16 and all(r.completion_tokens >= 1 for r in results)
+    assert {r.model for r in results} == {tiny_llama}
+    served = [ep["requests"] for ep in client.pool.snapshot()]
+    assert sum(served) == 16 and min(served) >= 4  # least-outstanding spread them over both replicas
+    assert roles["writer"].usage.requests == 16 and roles["writer"].usage.failed == 0
+    assert client.owned == []  # closed: the replicas this role started are gone
+
+
+def test_vllm_replicas_without_gpus_say_so(ray_cluster, tmp_path):
+    with pytest.raises(EngineUnavailable, match=r"need 2 GPUs, and this Ray cluster has 0"):
+        _replica_roles(model=str(tmp_path), options={"backend": "vllm", "replicas": 2})
+    with pytest.raises(ValueError, match="in-process engine"):
+        _replica_roles(model=str(tmp_path), options={"backend": "openai"})
