@@ -23,7 +23,7 @@ import random
 import re
 from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import datasets
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -37,6 +37,7 @@ from synthgen.generators.images.download import Downloader, open_downloader
 from synthgen.generators.images.sources import ImageInputParams, describe, iter_items, load_image
 from synthgen.generators.persona_traits import asker
 from synthgen.generators.textcheck import is_japanese, strip_label
+from synthgen.policy import InputSource
 
 _KANA_OR_KANJI = re.compile(r"[\u3041-\u30ff\u4e00-\u9fff]")
 DEFAULT_SHORT_CUES = ("単語や短い語句で答えてください。", "一言で答えてください。", "短い語句で答えてください。")
@@ -93,7 +94,8 @@ class Params(ImageInputParams):
                     "the default reads a caption-translate output folder")
     categories: list[Category] = Field(default_factory=lambda: list(DEFAULT_CATEGORIES), min_length=1,
                                        description="the category bank (default: generators/data/categories.yaml)")
-    categories_file: str | None = Field(None, description="a YAML/JSON list of categories replacing `categories`")
+    categories_file: Annotated[str | None, InputSource()] = Field(
+        None, description="a YAML/JSON list of categories replacing `categories`")
     questions_per_image: int = Field(2, ge=1, le=64, description="distinct categories dealt to each image")
     personas: str | None = Field("builtin", description="who asks: 'builtin', a persona file or Hub id; null for nobody")
     persona_limit: int | None = Field(None, ge=1)

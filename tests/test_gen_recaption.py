@@ -149,7 +149,9 @@ def test_bad_banks_are_clear_errors(tmp_path):
     for bad, message in (({"categories_file": str(tmp_path / "bad.yaml")}, "answer"),
                          ({"categories": [{**cat, "check": "exact"}]}, "check"),
                          ({"min_turns": 3, "max_turns": 2}, "min_turns"),
-                         ({"max_turns": 5}, "max_turns")):
+                         ({"max_turns": 5}, "max_turns"),
+                         ({"categories_file": str(tmp_path)}, "cannot read bank file"),
+                         ({"images_per_record": [1, 2]}, "images_per_record")):
         with pytest.raises(ValidationError, match=message):
             generator.parse_params({"source": str(tmp_path), **bad})
     assert Category.model_validate(cat).phrasing == "question"

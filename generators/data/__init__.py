@@ -25,6 +25,19 @@ def load(name: str) -> Any:
     return yaml.safe_load(_text(name))
 
 
+MAX_BANK_BYTES = 1 << 20
+
+
 def load_file(path: str | Path) -> Any:
-    """A user's own YAML (or JSON, which YAML reads too) bank."""
-    return yaml.safe_load(Path(path).expanduser().read_text(encoding="utf-8"))
+    """A user's own YAML (or JSON, which YAML reads too) bank: a regular file of at most 1 MiB,
+    read through the operator policy (so a REST job cannot name a file outside its roots)."""
+    from synthgen.policy import open_regular
+
+    try:
+        raw = open_regular(Path(path).expanduser(), max_bytes=MAX_BANK_BYTES)
+    except OSError as exc:
+        raise ValueError(f"cannot read bank file {Path(path).name}: {exc}") from None
+    try:
+        return yaml.safe_load(raw.decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"bank file {Path(path).name} is not YAML: {type(exc).__name__}") from None
