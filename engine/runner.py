@@ -190,6 +190,9 @@ async def _drive(spec: JobSpec, gen: plugin.Generator, params: Any, prompts: Pro
     secrets = spec.secret_values()  # a server that echoes headers must not put a key on disk
     enough = asyncio.Event()
     stop_all = asyncio.Event()  # the run cannot go on (stats.error says why)
+    # A stop must wake the waits below at once, not after `flush_seconds`.
+    stopping = asyncio.ensure_future(stop.wait())
+    stopping.add_done_callback(lambda _t: changed.set())
     changed = asyncio.Event()  # set whenever a record finishes: the gate below looks again
     last_flush = time.monotonic()
 
@@ -274,9 +277,9 @@ async def _drive(spec: JobSpec, gen: plugin.Generator, params: Any, prompts: Pro
         await flush_if_due()
     # Inputs spent or target met: wait for the records in flight unless the target is met.
     while tasks and not enough.is_set() and not stop.is_set() and not stop_all.is_set():
-        await asyncio.wait(set(tasks), timeout=spec.flush_seconds)
-        if store.buffered_rows:
-            await store.flush(stats.usage())
+        await asyncio.wait({*tasks, stopping}, timeout=spec.flush_seconds, return_when=asyncio.FIRST_COMPLETED)
+        await flush_if_due()
+    stopping.cancel()
     for task in list(tasks):
         task.cancel()
     if tasks:

@@ -37,7 +37,9 @@ LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
 # download_dir or tokenizer paths, anything that loads code) are server settings.
 ROLE_OPTIONS: dict[str, set[str]] = {
     "openai": {"extra_body"},
-    "openai-batch": {"extra_body", "completion_window"},
+    # state_dir stays a server setting (where batch ids and request hashes are kept).
+    "openai-batch": {"extra_body", "completion_window", "batch_window_s", "max_batch_requests", "max_batch_bytes",
+                     "poll_interval_s", "batch_timeout_s", "max_retries", "reuse_taken_results"},
     "transformers": {"device", "dtype", "max_batch", "vision", "gguf_file"},
     "vllm": {"max_batch", "tensor_parallel_size", "pipeline_parallel_size", "gpu_memory_utilization",
              "max_model_len", "dtype", "enforce_eager", "max_num_seqs", "limit_mm_per_prompt", "seed",
