@@ -354,7 +354,8 @@ async def _drive(spec: JobSpec, gen: plugin.Generator, params: Any, prompts: Pro
         resting worker may take work, when some records still wait."""
         alive = [w for w in pool if not w.dead]
         if not alive:
-            raise RuntimeError("every Ray worker is lost; the run stops here and resumes from its shards")
+            stats.error = "every Ray worker is lost (they keep dying on restart); resume when the cluster is healthy"
+            return spec.flush_seconds
         now = time.monotonic()
         up = [w for w in alive if w.resting_until <= now]
         if not up:
@@ -442,17 +443,24 @@ async def _drive(spec: JobSpec, gen: plugin.Generator, params: Any, prompts: Pro
                 ready.append(job)
 
     last_flush = time.monotonic()
+    stopping = asyncio.ensure_future(stop.wait())
     try:
         while True:
             admit()
             wait = dispatch() if ready else spec.flush_seconds
             if not flying or stop.is_set() or stats.ok >= need or stats.error:
                 break
-            try:
-                msg: tuple[Any, ...] | None = await asyncio.wait_for(
-                    results.get(), timeout=max(0.01, min(wait, spec.flush_seconds)))
-            except TimeoutError:
-                msg = None
+            msg: tuple[Any, ...] | None = None
+            if results.empty():  # wait for an outcome, the stop signal, or the next flush
+                getter = asyncio.ensure_future(results.get())
+                await asyncio.wait({getter, stopping}, timeout=max(0.01, min(wait, spec.flush_seconds)),
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    msg = getter.result()
+                else:
+                    getter.cancel()
+            else:
+                msg = results.get_nowait()
             while msg is not None:
                 handle(msg)
                 msg = results.get_nowait() if not results.empty() else None
@@ -464,6 +472,7 @@ async def _drive(spec: JobSpec, gen: plugin.Generator, params: Any, prompts: Pro
                 if on_flush:
                     on_flush(stats)
     finally:
+        stopping.cancel()
         for task in list(calls):
             task.cancel()
         if calls:

@@ -258,3 +258,26 @@ def test_vllm_replicas_without_gpus_say_so(ray_cluster, tmp_path):
         _replica_roles(model=str(tmp_path), options={"backend": "vllm", "replicas": 2})
     with pytest.raises(ValueError, match="in-process engine"):
         _replica_roles(model=str(tmp_path), options={"backend": "openai"})
+
+
+def test_a_stopped_ray_run_resumes_locally_to_exactly_n(ray_cluster, tmp_path):
+    """SIGTERM's path (the stop event): the Ray run stops resumable; the same folder is then
+    finished by the local executor, every key once (the folder does not care who wrote it)."""
+    stop = asyncio.Event()
+
+    def stop_after_some(stats) -> None:
+        if stats.records >= 4:
+            stop.set()
+
+    with LoopbackServer(answers, latency=0.1) as srv:
+        spec = _spec(srv, tmp_path / "run", n=20, concurrency=4, flush_seconds=0.2)
+
+        async def on_ray():
+            return await run_job_ray(spec, workers=2, stop=stop, on_flush=stop_after_some)
+
+        first = asyncio.run(on_ray())
+        assert first.stats.state == "stopped" and 4 <= first.stats.records < 20
+        rest = asyncio.run(run_job(spec.model_copy(update={"resume": True})))
+    assert rest.stats.state == "succeeded"
+    rows = _rows(tmp_path / "run")
+    assert len(rows) == 20 and len({r["key"] for r in rows}) == 20
