@@ -321,7 +321,7 @@ async def _multi_image(item: dict[str, Any], ctx: RecordContext[Params]) -> list
 
 
 def _numbered(captions: list[str]) -> str:
-    return "\n".join(f"画像{i}: {c}" for i, c in enumerate(captions, 1))
+    return "\n".join(f"画像{i}：{c}" for i, c in enumerate(captions, 1))
 
 
 def _cue(category: Category, ctx: RecordContext[Params]) -> str:

@@ -56,7 +56,7 @@ class RecaptionWriter:
 
     def __call__(self, body: dict[str, Any]) -> str | Reply:
         prompt = last_user_text(body)
-        if "英文:" in prompt or "文章:" in prompt or any(
+        if "英文：" in prompt or "文章：" in prompt or any(
                 isinstance(m.get("content"), list) for m in body.get("messages", [])):
             return self.base(body)
         asked = _ASK.search(prompt)
@@ -66,11 +66,11 @@ class RecaptionWriter:
             return request_of(label) if kind == "依頼" else question_of(label)
         if "続けて尋ねる質問を一つだけ" in prompt:
             self._seen("followup", prompt)
-            n = prompt.count("アシスタント: ")
+            n = prompt.count("アシスタント：")
             return f"さきほどの{n}番目のお答えについて、左の赤い丸をもう少し詳しく教えてください。"
-        if "利用者の質問:" in prompt:
+        if "利用者の質問：" in prompt:
             self._seen("answer", prompt)
-            question = prompt.split("利用者の質問:", 1)[1].strip().splitlines()[0]
+            question = prompt.split("利用者の質問：", 1)[1].strip().splitlines()[0]
             for cat in [*DEFAULT_CATEGORIES, *MULTI_CATEGORIES]:
                 if question in (request_of(cat.label), question_of(cat.label)):
                     return SHORT_ANSWERS[cat.name] if cat.answer == "short" else long_answer(cat.label)
@@ -119,7 +119,7 @@ def preference_responder(body: dict[str, Any]) -> str:
     if "問題を一つ作って" in prompt:
         return PQA_QUESTION
     if "より良い方を選んで" in prompt:
-        a = prompt.split("回答A:", 1)[1].split("回答B:", 1)[0]
+        a = prompt.split("回答A：", 1)[1].split("回答B：", 1)[0]
         better = "A" if "答え：600円" in a else "B"
         return f"{better}\n理由：{better}の方が計算が正しく、最後の行に答えを示しているからです。"
     system_prompt = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
@@ -143,7 +143,7 @@ def caption_style_responder(body: dict[str, Any]) -> str | Reply:
         if style is None:
             return Reply(status=400, raw=b'{"error": "unknown style prompt"}')
         return f"[{style.name}] A red circle and a blue square on a white background, side by side."
-    if "英文:" in prompt:
+    if "英文：" in prompt:
         label = prompt.split("画像の", 1)[1].split("です。", 1)[0]
         return f"これは{label}です。白い背景に、赤い丸と青い四角が並んでいます。"
     return Reply(status=400, raw=b'{"error": "unexpected prompt"}')

@@ -118,12 +118,12 @@ def image_responder(checks: ImageChecks | None = None, *, vlm_only: bool = False
             if "English" in prompt:
                 return CAPTIONS_EN[style].format(w=size[0], h=size[1])
             return CAPTIONS_JA[style]
-        if "英文:" in prompt or "文章:" in prompt:
+        if "英文：" in prompt or "文章：" in prompt:
             return CAPTIONS_JA[_style_label(prompt)]
         if "質問を一つ作って" in prompt:
             return QUESTIONS.get(category_of(prompt), GENERIC_QUESTION)
         if "利用者の質問" in prompt:
-            question = prompt.split("利用者の質問:", 1)[1].strip().splitlines()[0]
+            question = prompt.split("利用者の質問：", 1)[1].strip().splitlines()[0]
             key = next((k for k, q in QUESTIONS.items() if q == question), None)
             return ANSWERS[key] if key else GENERIC_ANSWER
         if "矛盾していないか" in prompt:

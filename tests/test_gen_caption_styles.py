@@ -74,7 +74,7 @@ def test_captions_out_of_register_are_dropped(tmp_path):
 
     def plain(body):
         prompt = last_user_text(body)
-        if "英文:" in prompt and "この後に起こりそうな" in prompt:
+        if "英文：" in prompt and "この後に起こりそうな" in prompt:
             return "この後、赤い丸は右へ転がっていくだろう。"
         return caption_style_responder(body)
 

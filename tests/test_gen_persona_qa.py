@@ -69,7 +69,7 @@ def test_levels_traits_final_answer_and_style_through_the_run(tmp_path):
     assert sum("小学生でも正しく解ける" in p for p in asks) == ds["difficulty"].count("basic")
     for row in ds:
         assert row["persona"] and row["keypoint"] == "" and row["persona"] != _full(row["persona_id"])
-        assert any(f"人物: {row['persona']}" in p for p in asks)
+        assert any(f"人物：{row['persona']}" in p for p in asks)
         for answer in [m["content"] for m in row["messages"] if m["role"] == "assistant"]:
             if row["task"] in ("math", "reasoning"):
                 assert final_answer(answer, "答え：") == answer.rsplit("答え：", 1)[1]

@@ -50,7 +50,7 @@ def test_pairs_by_model_and_by_prompt_and_position_is_drawn(tmp_path):
     def responder(body):
         if "より良い方を選んで" in last_user_text(body):
             with lock:
-                judged.append(last_user_text(body).split("回答A:", 1)[1][:40])
+                judged.append(last_user_text(body).split("回答A：", 1)[1][:40])
         return preference_responder(body)
 
     _, by_model = _run(tmp_path, "models", {"contrast": "models"},
@@ -104,7 +104,7 @@ def test_unclear_inconsistent_and_flawed_chosen_are_dropped(tmp_path):
 
     def lenient(body):  # the judge prefers the wrong answer, which has no final-answer line here
         if "より良い方を選んで" in last_user_text(body):
-            a = last_user_text(body).split("回答A:", 1)[1].split("回答B:", 1)[0]
+            a = last_user_text(body).split("回答A：", 1)[1].split("回答B：", 1)[0]
             return ("B" if "600円" in a else "A") + "\n理由：短いからです。"
         if float(body.get("temperature") or 0) > 1:
             return "りんごの代金を順に計算すると、全部で500円になります。"

@@ -107,10 +107,10 @@ def test_every_category_through_the_cli_with_kill_and_resume(tmp_path):
     assert set(turn_counts) == {1, 2, 3}
     # the answering model was told each category's format and length; questions came with who asks
     for cat in DEFAULT_CATEGORIES:
-        assert any(f"- 答え方: {cat.format}" in p and f"- 長さ: {cat.length}" in p for p in writer.prompts["answer"])
-    assert all("尋ねる人:" in p and "難しさ:" in p for p in writer.prompts["question"])
+        assert any(f"- 答え方：{cat.format}" in p and f"- 長さ：{cat.length}" in p for p in writer.prompts["answer"])
+    assert all("尋ねる人：" in p and "難しさ：" in p for p in writer.prompts["question"])
     # a follow-up sees the whole dialogue so far, so it builds on the earlier answers
-    assert writer.prompts["followup"] and all("アシスタント: " in p for p in writer.prompts["followup"])
+    assert writer.prompts["followup"] and all("アシスタント：" in p for p in writer.prompts["followup"])
 
 
 def test_format_checks_drop_what_the_category_forbids(tmp_path):
@@ -122,9 +122,9 @@ def test_format_checks_drop_what_the_category_forbids(tmp_path):
         prompt = last_user_text(body)
         if "「創作」の依頼を一つ作って" in prompt:
             return "この画像はどんな物語になりますか?"  # a question, not a request
-        if "利用者の質問:" in prompt and "画像の中に図形はいくつ" in prompt:
+        if "利用者の質問：" in prompt and "画像の中に図形はいくつ" in prompt:
             return "図形は全部で二つあります。"
-        if "利用者の質問:" in prompt and "左下に書かれている" in prompt:
+        if "利用者の質問：" in prompt and "左下に書かれている" in prompt:
             return "NO7と書かれています。"
         return base(body)
 
@@ -176,11 +176,11 @@ def test_multi_image_records_hold_2_to_4_images_and_a_question_needing_them(tmp_
         assert 2 <= k <= 4 and row["image"] is None and len(set(row["images_sha256"])) == k
         first = row["messages"][0]["content"]
         assert first.startswith("<image>\n" * k) and first.count("<image>") == k
-        assert row["category"] in names and row["caption"].startswith("画像1: ")
+        assert row["category"] in names and row["caption"].startswith("画像1：")
         if row["category"] == "count_across":
             assert first.endswith("合計の数を数字で答えてください。")
     for row in single:
         assert row["image"] is not None and row["messages"][0]["content"].count("<image>") == 1
     # the writer saw every image of the group, numbered
     asked = [p for p in writer.prompts["question"] if "枚の画像に写っているもの" in p]
-    assert asked and all("1枚目: " in p and "2枚目: " in p for p in asked)
+    assert asked and all("1枚目：" in p and "2枚目：" in p for p in asked)
