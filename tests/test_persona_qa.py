@@ -117,9 +117,19 @@ def test_config_errors_are_one_clear_line(tmp_path):
 
 def test_generators_lists_persona_qa():
     proc = _run("generators", "--json")
-    schema = orjson.loads(proc.stdout)["persona-qa"]
+    listed = orjson.loads(proc.stdout)
+    schema = listed["persona-qa"]
     assert schema["roles"] == ["writer", "answerer"]
-    assert "turns" in schema["params_schema"]["properties"]
+    assert {"turns", "driver", "difficulties", "final_answer_marker", "max_answer_chars"} <= set(
+        schema["params_schema"]["properties"])
+    # the breadth of every generator is listed with its params (issue 18)
+    props = {name: set(g["params_schema"]["properties"]) for name, g in listed.items()}
+    assert listed["preference-pairs"]["roles"] == ["writer", "answerer", "rival", "judge"]
+    assert {"contrast", "temperatures", "judge_both_orders", "driver"} <= props["preference-pairs"]
+    assert {"categories", "categories_file", "personas", "difficulties", "min_turns", "max_turns",
+            "multi_image_chance", "images_per_record"} <= props["category-recaption"]
+    assert {"style_bank", "styles", "styles_per_image", "require_polite"} <= props["caption-translate"]
+    assert {"layouts", "font_kinds", "degrade_chance", "degradations", "value_label_chance"} <= props["html-render"]
 
 
 @pytest.mark.slow
