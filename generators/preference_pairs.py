@@ -17,6 +17,7 @@ agree, at twice the judge's cost.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -41,7 +42,8 @@ class Params(QuestionParams):
     """Parameters of preference-pairs; the problem source is persona-qa's."""
 
     contrast: Contrast = Field(
-        "temperatures", description="how the two answers differ: models (answerer vs rival role), "
+        "temperatures", description="how the two answers differ: models (answerer vs rival role: give "
+                                    "the rival its own model, or both answer alike), "
                                     "temperatures (answerer at each of `temperatures`) or prompts (careful vs terse)")
     temperatures: tuple[float, float] = Field((0.3, 1.1), description="contrast=temperatures: the two temperatures")
     judge_both_orders: bool = Field(False, description="ask the judge in both orders; keep only agreeing verdicts")
@@ -82,8 +84,6 @@ def _candidates(p: Params, ctx: RecordContext[Params]) -> list[tuple[Role, dict[
 
 
 async def generate(item: dict[str, Any], ctx: RecordContext[Params]) -> list[dict[str, Any]]:
-    import asyncio
-
     p = ctx.params
     task = by_name(p.tasks, item["task"])
     level = by_name(p.difficulties, item["difficulty"])
