@@ -135,6 +135,9 @@ def test_cli_curate_and_report(tmp_path):
     names = {c["file"] for c in orjson.loads((report / "charts.json").read_bytes())}
     assert names == {"lengths.png", "nouns.png", "drops.png", "clusters.png"}
     assert all((report / n).read_bytes()[:4] == b"\x89PNG" for n in names)
+    from synthgen.quality.report import japanese_font
+
+    assert "CJK" in (japanese_font() or "")  # charts draw Japanese with Noto CJK (scripts/setup.sh), not boxes
     md = (report / "report.md").read_text()
     assert "dedup_exact" in md and "![頻出名詞](nouns.png)" in md
     # a usage error says what is wrong
