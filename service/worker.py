@@ -218,13 +218,11 @@ async def run_claimed(store: JobStore, job: Claimed, settings: Settings, worker_
     if result is not None:
         snapshot = result.stats.snapshot()
     state = result.stats.state if result else "stopped"
-    if state == "succeeded" and spec.quality:  # synthgen.quality post-steps; the lease is kept alive meanwhile
-        from synthgen.quality.post import run_for_job
+    if state == "succeeded" and spec.quality and result is not None:  # synthgen.quality post-steps
+        from synthgen.quality.post import run_for_job  # (the lease is kept alive meanwhile)
 
         if error := await run_for_job(store, job.id, worker_id, out, spec, settings, snapshot):
-            await asyncio.to_thread(store.finish, job.id, worker_id, "failed", progress=snapshot,
-                                    error=redact(error, secrets))
-            return "failed"
+            state, result.stats.error = "failed", error  # reported (and webhooked) as a failed job
     if state == "succeeded":
         final = "succeeded"
         await asyncio.to_thread(store.finish, job.id, worker_id, final, progress=snapshot)

@@ -253,3 +253,28 @@ def test_quality_steps_obey_the_operator_policy(tmp_path):
         assert m["input_rows"] == len(datasets.load_from_disk(str(tmp_path / "run")))
     finally:
         policy.activate(previous)
+
+
+def test_failing_quality_steps_fail_the_job_and_keep_the_run(tmp_path):
+    from synthgen import policy
+    from synthgen.service.worker import run_claimed, secret_spec_json
+    from synthgen.spec import JobSpec
+
+    settings = settings_for(tmp_path)
+    store = JobStore.open(settings.resolved_database_url)
+    previous = policy.current()
+    policy.activate(policy.Policy(data_root=tmp_path, allowed_endpoints=("loopback",)))
+    try:
+        with LoopbackServer() as srv:
+            spec = JobSpec.model_validate(job_body(srv.base_url, 3, params={"turns": 1}, quality=[
+                {"step": "judge", "role": {"base_url": "http://10.9.8.7:8000/v1", "model": "m"}}]))
+            store.create(generator="persona-qa", public_spec={}, secret_spec_json=secret_spec_json(spec),
+                         out_dir=str(tmp_path / "jobs" / "q"), n=spec.n)
+            claimed = store.claim("w1")
+            assert asyncio.run(run_claimed(store, claimed, settings, "w1", threading.Event())) == "failed"
+        row = store.get(claimed.id)
+        assert row.status == "failed" and "quality steps failed" in row.error and "not allowed" in row.error
+        assert len(datasets.load_from_disk(str(tmp_path / "jobs" / "q"))) == 3  # the run's data is kept
+    finally:
+        policy.activate(previous)
+        store.dispose()
