@@ -47,6 +47,8 @@ class Params(QuestionParams):
                                     "temperatures (answerer at each of `temperatures`) or prompts (careful vs terse)")
     temperatures: tuple[float, float] = Field((0.3, 1.1), description="contrast=temperatures: the two temperatures")
     judge_both_orders: bool = Field(False, description="ask the judge in both orders; keep only agreeing verdicts")
+    turns: int = Field(1, ge=1, le=4, description="the pair answers turn n; earlier turns (follow-ups on the "
+                                                  "same problem, answered by `answerer`) form the prompt")
     max_reason_chars: int = Field(600, ge=10)
 
     @model_validator(mode="after")
@@ -91,10 +93,19 @@ async def generate(item: dict[str, Any], ctx: RecordContext[Params]) -> list[dic
     ask = ctx.prompts.render("question", persona=item["persona"], keypoint=item["keypoint"], task=task,
                              difficulty=level)
     question = check_question(await writer.chat([user(ask)]), p, turn=1)
+    dialogue = [user(question)]
+    careful = system(ctx.prompts.render("answer_system", task=task, marker=p.final_answer_marker))
+    for turn in range(2, p.turns + 1):  # earlier turns: one checked answer each, then a follow-up
+        reply = await ctx.role("answerer").chat([careful, *dialogue])
+        dialogue.append(assistant(check_answer(reply, p, task, turn=turn - 1)))
+        question = check_question(await writer.chat([*dialogue, user(ctx.prompts.render("followup"))]), p, turn=turn)
+        if any(question == m["content"] for m in dialogue if m["role"] == "user"):
+            raise Skip("followup_repeats", question[:200])
+        dialogue.append(user(question))
 
     plans = _candidates(p, ctx)
     replies = await asyncio.gather(*[
-        role.chat([system(ctx.prompts.render(prompt, task=task, marker=p.final_answer_marker)), user(question)],
+        role.chat([system(ctx.prompts.render(prompt, task=task, marker=p.final_answer_marker)), *dialogue],
                   **sampling)
         for role, sampling, prompt, _ in plans])
     answers = [_complete(r, p, i) for i, r in enumerate(replies)]
@@ -102,14 +113,15 @@ async def generate(item: dict[str, Any], ctx: RecordContext[Params]) -> list[dic
         raise Skip("answers_identical", answers[0][:200])
 
     first = ctx.rng.randrange(2)  # which candidate the judge sees as A
-    better, reason = await _judge(judge, ctx, question, answers, first, task.final_answer, p)
+    shown = _as_text(dialogue)
+    better, reason = await _judge(judge, ctx, shown, answers, first, task.final_answer, p)
     if p.judge_both_orders:
-        again, _ = await _judge(judge, ctx, question, answers, 1 - first, task.final_answer, p)
+        again, _ = await _judge(judge, ctx, shown, answers, 1 - first, task.final_answer, p)
         if again != better:
             raise Skip("judge_inconsistent", f"candidate {better} then {again}")
     worse = 1 - better
     try:  # the chosen answer must be one we would train on by itself
-        check_answer(replies[better], p, task, turn=1)
+        check_answer(replies[better], p, task, turn=p.turns)
     except Skip as exc:
         raise Skip(f"chosen_{exc.reason}", exc.detail) from None
 
@@ -118,12 +130,21 @@ async def generate(item: dict[str, Any], ctx: RecordContext[Params]) -> list[dic
         return {"role": role.name, "model": role.model, "temperature": temperature, "prompt": prompt}
 
     return [{
-        "prompt": [user(question)], "chosen": [assistant(answers[better])], "rejected": [assistant(answers[worse])],
+        "prompt": dialogue, "chosen": [assistant(answers[better])], "rejected": [assistant(answers[worse])],
         "judge_reason": reason, "judge_model": judge.model, "contrast": p.contrast,
         "chosen_from": origin(better), "rejected_from": origin(worse),
         "persona": item["persona"], "persona_id": item["persona_id"], "keypoint": item["keypoint"],
         "task": task.name, "difficulty": level.name,
     }]
+
+
+def _as_text(dialogue: list[dict[str, Any]]) -> str:
+    """The prompt as the judge reads it: the question, or the conversation up to the last question."""
+    if len(dialogue) == 1:
+        return str(dialogue[0]["content"])
+    names = {"user": "ユーザー", "assistant": "アシスタント"}
+    lines = [f"{names[m['role']]}：{m['content']}" for m in dialogue]
+    return "（これまでの会話。最後のユーザーの質問への回答を比べること）\n" + "\n".join(lines)
 
 
 def _complete(result: ChatResult, p: Params, index: int) -> str:

@@ -118,6 +118,9 @@ def preference_responder(body: dict[str, Any]) -> str:
     prompt = last_user_text(body)
     if "問題を一つ作って" in prompt:
         return PQA_QUESTION
+    if "追加の質問" in prompt:
+        asked = sum(1 for m in messages if m.get("role") == "assistant")
+        return f"りんごが{5 + asked}個の場合、代金はいくらになりますか。"
     if "より良い方を選んで" in prompt:
         a = prompt.split("回答A：", 1)[1].split("回答B：", 1)[0]
         better = "A" if "答え：600円" in a else "B"

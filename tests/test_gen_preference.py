@@ -124,3 +124,24 @@ def test_params_are_checked():
         generator.parse_params({"temperatures": [0.7, 0.7]})
     with pytest.raises(ValidationError, match="contrast"):
         generator.parse_params({"contrast": "seeds"})
+
+
+def test_multi_turn_pairs_answer_the_last_question_of_the_conversation(tmp_path):
+    judged: list[str] = []
+    lock = threading.Lock()
+
+    def responder(body):
+        if "より良い方を選んで" in last_user_text(body):
+            with lock:
+                judged.append(last_user_text(body))
+        return preference_responder(body)
+
+    _, ds = _run(tmp_path, "turns", {"turns": 3}, {"default": {"model": "M"}}, n=3, responder=responder)
+    assert len(ds) == 3
+    for row in ds:
+        assert [m["role"] for m in row["prompt"]] == ["user", "assistant", "user", "assistant", "user"]
+        assert row["prompt"][1]["content"] == RIGHT and row["prompt"][2]["content"].startswith("りんごが6個")
+        assert row["prompt"][4]["content"].startswith("りんごが7個")
+        assert row["chosen"][0]["content"] == RIGHT and row["rejected"][0]["content"] == WRONG
+    assert judged and all("これまでの会話" in j and "ユーザー：" in j for j in judged)
+    assert to_dpo(ds)[0]["prompt"] == ds[0]["prompt"]
