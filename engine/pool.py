@@ -19,6 +19,7 @@ share between threads; inside one event loop it is never contended.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ from typing import Any
 from synthgen.engine.errors import RequestError
 from synthgen.engine.messages import ChatResult, Message
 
+log = logging.getLogger(__name__)
 UP, DOWN, PROBING = "up", "down", "probing"
 
 
@@ -119,7 +121,7 @@ class EndpointPool:
         """Hand back a request. ok=True/False: its outcome; None: abandoned (cancelled).
 
         `error_kind` is the RequestError reason; only those `counts_against` the endpoint
-        move it towards being taken out.
+        move it towards being taken out. Take-outs and take-backs are logged (rare events).
         """
         with self._lock:
             ep.outstanding -= 1
@@ -129,18 +131,27 @@ class EndpointPool:
                 return
             if ok or not counts_against(error_kind):
                 ep.streak = 0
-                if ep.state != UP:
-                    ep.state = UP
-                    ep.cooldown = 0.0
-                return
-            ep.failures += 1
-            ep.streak += 1
-            if ep.state == PROBING:
-                ep.cooldown = min(self.max_cooldown, max(self.base_cooldown, ep.cooldown * 2))
+                if ep.state == UP:
+                    return
+                ep.state = UP
+                ep.cooldown = 0.0
+                event = "back"
+            else:
+                ep.failures += 1
+                ep.streak += 1
+                if ep.state == PROBING:
+                    ep.cooldown = min(self.max_cooldown, max(self.base_cooldown, ep.cooldown * 2))
+                elif ep.state == UP and ep.streak >= self.fail_threshold:
+                    ep.cooldown = self.base_cooldown
+                else:
+                    return
                 self._take_out(ep)
-            elif ep.state == UP and ep.streak >= self.fail_threshold:
-                ep.cooldown = self.base_cooldown
-                self._take_out(ep)
+                event = "out"
+        if event == "out":
+            log.warning("endpoint %s taken out after %s (%d failures in a row); probed again in %.0f s",
+                        ep.url, error_kind, ep.streak, ep.cooldown)
+        else:
+            log.info("endpoint %s answers again: back in the pool", ep.url)
 
     def _take_out(self, ep: Endpoint) -> None:
         ep.state = DOWN

@@ -7,6 +7,7 @@ restarted on the same port); the state machine's timing is pinned with a fake cl
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 
 import pytest
@@ -136,7 +137,8 @@ def test_requests_spread_over_loopback_servers_by_load():
     assert slow.requests <= 12  # a third would be 24
 
 
-def test_dead_server_is_skipped_then_taken_back_when_it_restarts():
+def test_dead_server_is_skipped_then_taken_back_when_it_restarts(caplog):
+    caplog.set_level(logging.INFO, logger="synthgen.engine.pool")
     with LoopbackServer(latency=0.01) as live:
         victim = LoopbackServer(latency=0.01)
         victim.__enter__()
@@ -173,6 +175,8 @@ def test_dead_server_is_skipped_then_taken_back_when_it_restarts():
             asyncio.run(main())
         finally:
             victim.__exit__(None, None, None)
+    said = [r.getMessage() for r in caplog.records]
+    assert any("taken out after connection" in m for m in said) and any("back in the pool" in m for m in said)
 
 
 def test_other_failures_reach_the_roles_retry_policy():
