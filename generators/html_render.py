@@ -122,6 +122,8 @@ class Params(BaseModel):
                                        description="effects degrade_chance draws from (one or two per picture)")
     value_label_chance: float = Field(0.7, ge=0, le=1, description="charts that print their values (else only "
                                                                     "ranking and comparison questions)")
+    multi_chart_chance: float = Field(0.0, ge=0, le=1, description="share of chart records made of two charts of "
+                                                                   "one topic (`images`), asked questions that need both")
 
     @field_validator("layouts")
     @classmethod
@@ -149,6 +151,11 @@ class Params(BaseModel):
         return self
 
 
+CHART_FEATURE = {"kind": datasets.Value("string"), "title": datasets.Value("string"),
+                 "unit": datasets.Value("string"), "labels": [datasets.Value("string")],
+                 "values": [datasets.Value("float64")], "decimals": datasets.Value("int32")}
+
+
 def features(_params: Params) -> datasets.Features:
     text = datasets.Value("string")
     return datasets.Features({
@@ -165,8 +172,11 @@ def features(_params: Params) -> datasets.Features:
         "height": datasets.Value("int32"),
         "source_ref": text,
         "model": text,
-        "chart": {"kind": text, "title": text, "unit": text, "labels": [text],
-                  "values": [datasets.Value("float64")], "decimals": datasets.Value("int32")},
+        "chart": CHART_FEATURE,
+        # Two-chart records: `image` is empty and both pictures are here, in the order of the
+        # first user turn's `<image>` placeholders (1枚目, 2枚目); `charts` holds their tables.
+        "images": [datasets.Image()],
+        "charts": [CHART_FEATURE],
         "degradations": [text],
     })
 
@@ -354,7 +364,7 @@ async def generate(item: dict[str, Any], ctx: RecordContext[Params]) -> list[dic
         "style": {k: s[k] for k in ("font", "font_size", "text_color", "background_color", "accent_color",
                                     "background")},
         "width": shot.width, "height": shot.height, "source_ref": f"{p.source}#row={item['row']}&part={item['part']}",
-        "model": writer.model, "chart": NO_CHART, "degradations": effects,
+        "model": writer.model, "chart": NO_CHART, "images": [], "charts": [], "degradations": effects,
     }]
 
 
@@ -364,48 +374,64 @@ TO_TABLE = ("このグラフの内容を表にまとめてください。", "グ
 
 
 async def _chart_record(item: dict[str, Any], s: dict[str, Any], ctx: RecordContext[Params]) -> list[dict[str, Any]]:
-    """A chart drawn by us from a generated table; every answer is computed from the table."""
+    """A chart (or two) drawn by us from generated tables; every answer is computed from the tables."""
     p, rng = ctx.params, ctx.rng
     kind = s["layout"].removesuffix("_chart")
-    table = charts.make_table(kind, rng)
+    pair = rng.random() < p.multi_chart_chance
+    tables = list(charts.make_pair(kind, rng)) if pair else [charts.make_table(kind, rng)]
     colors = list(charts.SERIES_COLORS)
     rng.shuffle(colors)
     cstyle = charts.ChartStyle(value_labels=rng.random() < p.value_label_chance,
                                horizontal=kind == "bar" and rng.random() < 0.3, gridlines=rng.random() < 0.7,
                                colors=colors)
     palette = {"text": s["text_color"], "background": s["background_color"], "accent": s["accent_color"]}
-    document = charts.page(table, cstyle, font=s["font"], font_size=min(s["font_size"], 22), palette=palette)
-    drawn = charts.read_chart(document, kind)
-    if len(drawn) != len(table.values) or any(abs(a - b) > 10 ** -table.decimals / 2
-                                              for a, b in zip(drawn, table.values, strict=True)):
-        raise Skip("chart_mismatch", f"drawn {drawn} for {table.values}")
+    documents = [charts.page(t, cstyle, font=s["font"], font_size=min(s["font_size"], 22), palette=palette)
+                 for t in tables]
+    for table, document in zip(tables, documents, strict=True):
+        drawn = charts.read_chart(document, kind)
+        if len(drawn) != len(table.values) or any(abs(a - b) > 10 ** -table.decimals / 2
+                                                  for a, b in zip(drawn, table.values, strict=True)):
+            raise Skip("chart_mismatch", f"drawn {drawn} for {table.values}")
     width = max(s["width"], 760)
     options = RenderOptions(width=width, height=max(s["height"], 560), full_page=p.full_page, fmt=p.image_format,
                             quality=p.jpeg_quality, max_width=max(p.max_width, width), max_height=p.max_height)
-    try:
-        shot = await ctx.resources.render(document, options)
-    except RenderError as exc:
-        raise Skip(exc.reason, exc.detail) from None
-    found = await asyncio.to_thread(problems, shot, Limits(min_chars=5))
-    if found:
-        raise Skip(found[0].reason, "; ".join(f"{f.reason}: {f.detail}" for f in found))
-    qa = charts.questions(table, cstyle, rng, p.qa_pairs)
+    shots = []
+    for document in documents:
+        try:
+            shot = await ctx.resources.render(document, options)
+        except RenderError as exc:
+            raise Skip(exc.reason, exc.detail) from None
+        found = await asyncio.to_thread(problems, shot, Limits(min_chars=5))
+        if found:
+            raise Skip(found[0].reason, "; ".join(f"{f.reason}: {f.detail}" for f in found))
+        shots.append(shot)
+    if pair:
+        qa = charts.pair_questions(tables[0], tables[1], cstyle, rng, p.qa_pairs)
+    else:
+        qa = charts.questions(tables[0], cstyle, rng, p.qa_pairs)
     turns = [(q["question"], q["answer"]) for q in qa]
-    if cstyle.value_labels:
-        turns.insert(rng.randrange(len(turns) + 1), (rng.choice(TO_TABLE), charts.to_markdown(table)))
+    if cstyle.value_labels and not pair:
+        turns.insert(rng.randrange(len(turns) + 1), (rng.choice(TO_TABLE), charts.to_markdown(tables[0])))
+    placeholders = "\n".join("<image>" for _ in shots)
     messages = []
     for i, (question, answer) in enumerate(turns):
-        messages += [user(f"<image>\n{question}" if i == 0 else question), assistant(answer)]
+        messages += [user(f"{placeholders}\n{question}" if i == 0 else question), assistant(answer)]
     effects = draw_effects(rng, p.degrade_chance, list(p.degradations))
-    image = await asyncio.to_thread(degrade, shot.image, effects, rng, fmt=shot.fmt, quality=p.jpeg_quality)
+    images = [await asyncio.to_thread(degrade, shot.image, effects, rng, fmt=shot.fmt, quality=p.jpeg_quality)
+              for shot in shots]
+    cells = [{"bytes": image, "path": None} for image in images]
+    as_dicts = [{**t.as_dict(), "kind": kind} for t in tables]
     return [{
-        "image": {"bytes": image, "path": None}, "html": document, "layout": s["layout"],
-        "source_text": charts.to_markdown(table), "visible_text": clean_visible(shot.text), "messages": messages,
+        "image": None if pair else cells[0], "html": "\n<!-- 2枚目 -->\n".join(documents), "layout": s["layout"],
+        "source_text": "\n\n".join(charts.to_markdown(t) for t in tables),
+        "visible_text": "\n\n".join(clean_visible(shot.text) for shot in shots), "messages": messages,
         "qa": [{"question": q["question"], "answer": q["answer"]} for q in qa],
         "style": {k: s[k] for k in ("font", "font_size", "text_color", "background_color", "accent_color",
                                     "background")},
-        "width": shot.width, "height": shot.height, "source_ref": f"{p.source}#row={item['row']}&part={item['part']}",
-        "model": "", "chart": {**table.as_dict(), "kind": kind}, "degradations": effects,
+        "width": shots[0].width, "height": shots[0].height,
+        "source_ref": f"{p.source}#row={item['row']}&part={item['part']}",
+        "model": "", "chart": as_dicts[0], "images": cells if pair else [], "charts": as_dicts,
+        "degradations": effects,
     }]
 
 

@@ -168,3 +168,42 @@ def test_each_degradation_changes_the_picture_but_not_its_size(effect):
         assert got.size == (320, 240)
         diff = sum(abs(a - b) for a, b in zip(got.convert("L").tobytes(), img.convert("L").tobytes(), strict=True))
     assert diff > 320 * 240 * 0.5
+
+
+def expected_pair_answer(question: str, first: dict, second: dict) -> str:
+    a = dict(zip(first["labels"], first["values"], strict=True))
+    b = dict(zip(second["labels"], second["values"], strict=True))
+    quoted = re.findall(r"「([^」]+)」", question)
+    if "どちらのグラフ" in question:
+        return "1枚目" if a[quoted[0]] > b[quoted[0]] else "2枚目"
+    if "差が最も大きい" in question:
+        return max(a, key=lambda lab: abs(a[lab] - b[lab]))
+    if question.startswith(("1枚目のグラフで", "2枚目のグラフで")):
+        table = a if question.startswith("1枚目") else b
+        return max(table, key=table.get)
+    if "差はいくつ" in question:
+        unit = "％" if first["kind"] == "pie" else first["unit"]
+        return f"{abs(a[quoted[0]] - b[quoted[0]]):,.{first['decimals']}f}{unit}"
+    raise AssertionError(f"unknown two-chart question {question}")
+
+
+def test_two_chart_records_ask_what_needs_both_charts(tmp_path):
+    src = tmp_path / "texts.jsonl"
+    _source(src, rows=6)
+    spec = JobSpec(generator="html-render", n=6, out=str(tmp_path / "out"),
+                   params={"source": str(src), "column": "body", "pool_pages": 2, "multi_chart_chance": 1.0,
+                           "layouts": dict.fromkeys(html_render.CHART_LAYOUTS, 1)},
+                   roles={"default": {"base_url": "http://127.0.0.1:9/v1", "model": "unused"}})  # no model is asked
+    assert asyncio.run(run_job(spec)).stats.state == "succeeded"
+    ds = datasets.load_from_disk(str(tmp_path / "out"))
+    assert len(ds) == 6
+    for row in ds:
+        first, second = row["charts"]
+        assert row["image"] is None and len(row["images"]) == 2 and first["labels"] == second["labels"]
+        assert first["title"] != second["title"]
+        docs = row["html"].split("\n<!-- 2枚目 -->\n")
+        for doc, chart in zip(docs, (first, second), strict=True):
+            assert charts.read_chart(doc, chart["kind"]) == pytest.approx(chart["values"],
+                                                                          abs=10 ** -chart["decimals"] / 2)
+        assert row["messages"][0]["content"].startswith("<image>\n<image>\n")
+        assert row["qa"] and all(q["answer"] == expected_pair_answer(q["question"], first, second) for q in row["qa"])

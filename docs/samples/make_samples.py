@@ -125,6 +125,15 @@ def main() -> None:
                                       "degrade_chance": degrade, "pool_pages": 1}, document_responder, tmp, n=1)
             _save(f"html_render_{layout}" + ("_degraded" if degrade else ""), ds[0])
             (tmp / "html-render").rename(tmp / f"html-render-{layout}")
+        ds = _run("html-render", {"source": str(src), "column": "body", "layouts": {"line_chart": 1},
+                                  "multi_chart_chance": 1.0, "pool_pages": 1}, document_responder, tmp, n=1)
+        row = dict(ds[0])
+        row["images"] = [f"html_render_two_charts_{i}.jpg" for i in range(2)]
+        for name, img in zip(row["images"], ds[0]["images"], strict=True):
+            img = img.convert("RGB")
+            img.thumbnail((560, 560))
+            img.save(OUT / name, quality=80)
+        _save("html_render_two_charts", row)
 
 
 if __name__ == "__main__":

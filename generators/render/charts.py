@@ -60,16 +60,35 @@ def topics() -> list[dict[str, Any]]:
 
 def make_table(kind: str, rng: random.Random, bank: list[dict[str, Any]] | None = None) -> Table:
     """A table for a `kind` chart: distinct values (so the largest and smallest are unique)."""
-    choices = [t for t in (bank or topics()) if kind in t["kinds"]]
-    topic = rng.choice(choices)
-    title = topic["title"].replace("{x}", rng.choice(topic.get("subjects") or [""])).replace("（）", "")
+    topic = rng.choice([t for t in (bank or topics()) if kind in t["kinds"]])
+    subject = rng.choice(topic.get("subjects") or [""])
+    return _table(kind, topic, subject, _labels(kind, topic, rng), rng)
+
+
+def make_pair(kind: str, rng: random.Random, bank: list[dict[str, Any]] | None = None) -> tuple[Table, Table]:
+    """Two tables of one topic for two subjects (e.g. two cities), with the same labels, for a
+    two-image record: every label's values differ, and one label differs the most."""
+    topic = rng.choice([t for t in (bank or topics()) if kind in t["kinds"] and len(t.get("subjects") or []) >= 2])
+    first, second = rng.sample(topic["subjects"], 2)
+    labels = _labels(kind, topic, rng)
+    while True:
+        a, b = _table(kind, topic, first, labels, rng), _table(kind, topic, second, labels, rng)
+        gaps = [abs(x - y) for x, y in zip(a.values, b.values, strict=True)]
+        if min(gaps) > 0 and gaps.count(max(gaps)) == 1:
+            return a, b
+
+
+def _labels(kind: str, topic: dict[str, Any], rng: random.Random) -> list[str]:
     pool = list(topic["labels"])
     k = rng.randint(4 if kind == "line" else 3, min(8 if kind != "pie" else 6, len(pool)))
     if topic.get("ordered"):
         start = rng.randrange(len(pool) - k + 1)
-        labels = pool[start:start + k]
-    else:
-        labels = rng.sample(pool, k)
+        return pool[start:start + k]
+    return rng.sample(pool, k)
+
+
+def _table(kind: str, topic: dict[str, Any], subject: str, labels: list[str], rng: random.Random) -> Table:
+    title = topic["title"].replace("{x}", subject).replace("（）", "")
     decimals = int(topic.get("decimals", 0))
     low, high = float(topic["low"]), float(topic["high"])
     if kind != "line":
@@ -311,6 +330,31 @@ def questions(table: Table, style: ChartStyle, rng: random.Random, count: int) -
             p, q = rng.sample(labels, 2)
             pool.append({"question": f"「{p}」と「{q}」を合わせると何％ですか？",
                          "answer": f"{t.fmt(by[p] + by[q])}％", "kind": "sum"})
+    rng.shuffle(pool)
+    return pool[:count]
+
+
+def pair_questions(a: Table, b: Table, style: ChartStyle, rng: random.Random, count: int) -> list[dict[str, str]]:
+    """Questions that need both charts (1枚目 = `a`, 2枚目 = `b`), answers computed from the tables."""
+    noun = "割合" if a.kind == "pie" else "値"
+    by_a, by_b = dict(zip(a.labels, a.values, strict=True)), dict(zip(b.labels, b.values, strict=True))
+    gaps = {lab: abs(by_a[lab] - by_b[lab]) for lab in a.labels}
+    c = rng.choice(a.labels)
+    pool = [
+        {"question": f"「{c}」の{noun}が大きいのは、1枚目と2枚目のどちらのグラフですか？",
+         "answer": "1枚目" if by_a[c] > by_b[c] else "2枚目", "kind": "which_image"},
+        {"question": f"二つのグラフで、{noun}の差が最も大きい項目はどれですか？",
+         "answer": max(gaps, key=lambda lab: gaps[lab]), "kind": "max_gap"},
+        {"question": rng.choice([f"1枚目のグラフで{noun}が最も大きい項目はどれですか？",
+                                 f"2枚目のグラフで{noun}が最も大きい項目はどれですか？"]), "answer": "", "kind": "max_in"},
+    ]
+    which = pool[2]
+    table = a if which["question"].startswith("1枚目") else b
+    which["answer"] = table.labels[table.values.index(max(table.values))]
+    if style.value_labels:
+        d = rng.choice(a.labels)
+        pool.append({"question": f"「{d}」について、1枚目と2枚目の{noun}の差はいくつですか？単位も付けて答えてください。",
+                     "answer": f"{a.fmt(round(gaps[d], a.decimals))}{a.unit}", "kind": "gap"})
     rng.shuffle(pool)
     return pool[:count]
 
