@@ -41,24 +41,21 @@ import ray
 from ray.exceptions import ActorUnavailableError, ObjectLostError, RayActorError, WorkerCrashedError
 
 from synthgen.engine import plugin
-from synthgen.engine.checkpoint import ShardStore
-from synthgen.engine.errors import EngineUnavailable, RequestError
-from synthgen.engine.finalize import save_dataset, write_manifest
-from synthgen.engine.keys import record_key, row_key, seed_of
+from synthgen.engine.errors import EngineUnavailable
+from synthgen.engine.keys import record_key, seed_of
 from synthgen.engine.prompts import Prompts
-from synthgen.engine.roles import Usage, build_roles, close_roles, resolve_roles
+from synthgen.engine.roles import Usage, build_roles, close_roles
 from synthgen.engine.runner import (
-    UNREACHABLE_AFTER,
+    Ledger,
+    Prepared,
     RunResult,
     RunStats,
-    _features,
-    _identity,
-    _manifest,
-    _summary,
-    provenance,
+    conclude,
+    finish_drive,
+    prepare,
+    run_record,
 )
-from synthgen.redact import redact
-from synthgen.settings import Settings, get_settings
+from synthgen.settings import Settings
 from synthgen.spec import JobSpec, RoleConfig
 
 log = logging.getLogger(__name__)
@@ -68,26 +65,6 @@ REST_S = 0.5  # a worker that lost a call gets no work for this long (doubling w
 MAX_BATCH = 32  # records per actor call: fewer calls under load, still streamed back one by one
 LOST = (RayActorError, WorkerCrashedError, ObjectLostError)
 _COUNTERS = ("requests", "failed", "retries", "prompt_tokens", "completion_tokens", "latency_s")
-
-
-async def run_record(gen: plugin.Generator, item: dict[str, Any], ctx: plugin.RecordContext
-                     ) -> tuple[list[dict[str, Any]] | None, str, str]:
-    """One record -> (rows, "", "") or (None, reason, detail), with the runner's reason slugs.
-
-    Mirrors `runner._drive.one`; when the engine exports its own record runner this becomes it.
-    """
-    try:
-        rows = await gen.generate(item, ctx)
-        if not rows:
-            raise plugin.Skip("no_rows", "the generator returned no rows")
-    except plugin.Skip as exc:
-        return None, exc.reason, exc.detail
-    except RequestError as exc:
-        return None, f"request_{exc.reason}", str(exc)
-    except Exception as exc:  # a plugin bug fails its record, never the run
-        log.debug("record %s raised", ctx.key, exc_info=True)
-        return None, f"error_{type(exc).__name__}", str(exc)
-    return rows, "", ""
 
 
 class RecordWorker:
@@ -252,24 +229,9 @@ async def run_job_ray(spec: JobSpec, *, settings: Settings | None = None, stats:
     cluster; `workers` actors of `worker_cpus` CPUs each (default: one per CPU).
     `on_workers` is told the worker process ids (tests kill one).
     """
-    settings = settings or get_settings()
-    gen = generator or plugin.get(spec.generator)
-    params = gen.parse_params(spec.params)
-    resolved = resolve_roles(spec.roles, gen.roles)
-    prompts = Prompts(gen.prompt_dir)
-    out = spec.out_path(settings.data_root)
-    features = _features(gen, params)
-    made_by = provenance(gen, prompts, resolved, settings)
-    store = ShardStore.open(out, features, _identity(spec, gen, params), resume=spec.resume,
-                            provenance=made_by, on_change=spec.on_change)
-    done = store.done_keys(include_failed=not spec.retry_failed) if store.progress.shards or store.progress.failed else set()
-    stats = stats or RunStats(target=spec.n)
-    stats.target, stats.out = spec.n, out
-    stats.done_before = min(store.progress.records, spec.n)
-    stats.notes.extend(store.new_notes)
+    run = prepare(spec, settings, stats, generator)
+    settings, stats, gen, resolved = run.settings, run.stats, run.gen, run.resolved
     stop = stop or asyncio.Event()
-    concurrency = spec.concurrency or max(c.concurrency or 1 for c in resolved.values())
-    started_wall = time.time()
     pool: list[_Worker] = []
     replicas: dict[str, Any] = {}
     dataset = None
@@ -281,24 +243,16 @@ async def run_job_ray(spec: JobSpec, *, settings: Settings | None = None, stats:
         # owns them for the run and every record worker finds the same replicas by name.
         replicas = build_roles({n: c for n, c in resolved.items() if c.engine == "ray-replicas"})
         pool = await start_workers(gen, spec, resolved, count=workers or settings.ray_workers or None,
-                                   cpus=worker_cpus or settings.ray_worker_cpus, concurrency=concurrency)
+                                   cpus=worker_cpus or settings.ray_worker_cpus, concurrency=run.concurrency)
         models = await pool[0].actor.describe.remote()
         stats.roles = {name: RemoteRole(model) for name, model in models["models"].items()}  # type: ignore[misc]
         if on_workers:
             on_workers([w.pid for w in pool])
         stats.state = "running"
-        await _drive(spec, gen, params, prompts, store, stats, done, concurrency, stop, pool, on_flush)
-        await store.flush(stats.usage())
-        if stats.error:
-            stats.state = "failed"
-        elif stats.records < spec.n and stop.is_set():
-            stats.state = "stopped"
-        else:
-            stats.state = "finishing"
-            dataset = await asyncio.to_thread(save_dataset, store)
-            stats.state = "succeeded" if stats.records >= spec.n else "incomplete"
+        await _drive(run, stop, pool, on_flush)
+        dataset = await finish_drive(run, stop)
     except BaseException:
-        store.remove_if_empty()
+        run.store.remove_if_empty()
         raise
     finally:
         if pool:
@@ -307,36 +261,28 @@ async def run_job_ray(spec: JobSpec, *, settings: Settings | None = None, stats:
             await close_roles(replicas)
         if joined:
             ray.shutdown()
-    manifest = _manifest(spec, gen, params, resolved, prompts, store, stats, started_wall, features, made_by)
-    manifest["executor"] = {"name": "ray", "workers": len(pool)}
-    if stats.state == "failed" and store.remove_if_empty():
-        return RunResult(out=out, stats=stats, manifest=manifest, dataset=None)  # nothing written: no folder
-    write_manifest(out, manifest)
-    # `spec.publish` is not the engine's: synthgen.publish reads the finished run (CLI, worker chain).
-    return RunResult(out=out, stats=stats, manifest=manifest, dataset=dataset)
+    return conclude(run, dataset, {"executor": {"name": "ray", "workers": len(pool)}})
 
 
-async def _drive(spec: JobSpec, gen: plugin.Generator, params: Any, prompts: Prompts, store: ShardStore,
-                 stats: RunStats, done: set[str], concurrency: int, stop: asyncio.Event, pool: list[_Worker],
+async def _drive(run: Prepared, stop: asyncio.Event, pool: list[_Worker],
                  on_flush: Callable[[RunStats], None] | None) -> None:
-    need = spec.n - stats.done_before
+    spec, gen, stats, store, done, concurrency = run.spec, run.gen, run.stats, run.store, run.done, run.concurrency
+    ledger = Ledger.of(run)
+    need = ledger.need
     if need <= 0:
         return
     results: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
     flying: dict[str, _Job] = {}  # admitted and not finished: on a worker, or in `ready`
     ready: deque[_Job] = deque()  # admitted (or lost with a worker) and waiting for a worker
     calls: set[asyncio.Task[None]] = set()
-    inputs = enumerate(itertools.islice(gen.inputs(plugin.InputContext(params=params, seed=spec.seed)),
+    inputs = enumerate(itertools.islice(gen.inputs(plugin.InputContext(params=run.params, seed=spec.seed)),
                                         spec.input_budget))
     roles: dict[str, RemoteRole] = stats.roles  # type: ignore[assignment]
-    secrets = spec.secret_values()  # as the local runner: no key reaches the failures file
     rerun = 0  # records sent again after their worker was lost
 
     def admit() -> list[_Job]:
         """Exact admission: start a record only while written + in flight x (1 - drop rate) < need."""
-        while not stop.is_set() and len(flying) < concurrency:
-            if stats.ok + len(flying) * (1.0 - stats.drop_rate()) >= need:
-                break
+        while not stop.is_set() and ledger.admits(len(flying), concurrency):
             nxt = next(inputs, None)
             if nxt is None:
                 break
@@ -391,14 +337,7 @@ async def _drive(spec: JobSpec, gen: plugin.Generator, params: Any, prompts: Pro
             results.put_nowait(("broken", worker, list(waiting.values()), f"{type(exc).__name__}: {exc}", False))
 
     def fail(job: _Job, reason: str, detail: str) -> None:
-        stats.failed += 1
-        stats.failures_by_reason[reason] = stats.failures_by_reason.get(reason, 0) + 1
-        store.add_failure({"key": job.key, "index": job.index, "reason": reason,
-                           "detail": redact(detail, secrets)[:2000], "input": _summary(job.item)})
-        # as the local runner: every record so far failed to connect, so the endpoint is down or wrong
-        if (stats.ok == 0 and stats.done_before == 0 and reason == "request_connection"
-                and stats.failures_by_reason[reason] == stats.failed >= UNREACHABLE_AFTER):
-            stats.error = f"endpoint unreachable: {stats.failed} records failed to connect ({detail[:200]})"
+        ledger.dropped(job.key, job.index, job.item, reason, detail)
 
     def handle(msg: tuple[Any, ...]) -> None:
         nonlocal rerun
@@ -414,12 +353,8 @@ async def _drive(spec: JobSpec, gen: plugin.Generator, params: Any, prompts: Pro
                 return
             if rows is None:
                 fail(job, reason, detail)
-            elif stats.ok < need:  # a record finished after the target was met is not part of this run
-                for i, row in enumerate(rows):
-                    row["key"] = row_key(key, i, len(rows))
-                store.add_rows(rows)
-                stats.ok += 1
-                stats.rows += len(rows)
+            else:
+                ledger.written(key, rows)
             return
         _, _, jobs, detail, unavailable = msg
         worker.load -= len(jobs)
@@ -480,15 +415,4 @@ async def _drive(spec: JobSpec, gen: plugin.Generator, params: Any, prompts: Pro
         stats.in_flight = 0
     if rerun:
         stats.notes.append(f"ray: {rerun} records ran again after their worker was lost")
-    if stats.error or need <= stats.ok or stop.is_set():
-        return
-    if stats.inputs_read == 0:
-        stats.error = "source empty: the generator's inputs yielded nothing (check its source params)"
-    elif stats.inputs_read < spec.input_budget:
-        stats.notes.append(
-            f"source exhausted after {stats.inputs_read} inputs: {stats.ok} of {need} records written, "
-            f"{stats.failed} dropped (reasons in failures.jsonl)")
-    else:
-        stats.notes.append(
-            f"input budget spent ({spec.input_budget} inputs): {stats.ok} of {need} records written, "
-            f"{stats.failed} dropped; look at failures.jsonl, then resume with a larger --max-inputs")
+    ledger.closing_notes(stop.is_set())

@@ -35,9 +35,10 @@ from synthgen.settings import Settings, get_settings
 from synthgen.spec import JobSpec, RoleConfig, RunState
 
 log = logging.getLogger(__name__)
-# Before any record has finished, assume this share will be dropped; capped so one early
-# failure cannot open the gate to the whole concurrency.
+# The drop-rate estimate is capped, and starts from DROP_PRIOR records assumed kept, so the
+# first failures cannot open the gate to the whole concurrency (and so the whole input budget).
 MAX_DROP_ESTIMATE = 0.9
+DROP_PRIOR = 2
 # This many records in a row failing to connect, with none written, ends the run as unreachable.
 UNREACHABLE_AFTER = 3
 
@@ -76,8 +77,7 @@ class RunStats:
         return {name: {"model": r.model, **r.usage.as_dict()} for name, r in self.roles.items()}
 
     def drop_rate(self) -> float:
-        finished = self.ok + self.failed
-        return min(self.failed / finished, MAX_DROP_ESTIMATE) if finished else 0.0
+        return min(self.failed / (self.ok + self.failed + DROP_PRIOR), MAX_DROP_ESTIMATE)
 
     def snapshot(self) -> RunSnapshot:
         elapsed = max(time.monotonic() - self.started, 1e-9)
@@ -122,14 +122,29 @@ def _features(gen: plugin.Generator, params: Any) -> datasets.Features:
     return datasets.Features({"key": datasets.Value("string"), **feats})
 
 
-async def run_job(spec: JobSpec, *, settings: Settings | None = None, stats: RunStats | None = None,
-                  stop: asyncio.Event | None = None, roles: dict[str, Role] | None = None,
-                  on_flush: Callable[[RunStats], None] | None = None,
-                  generator: plugin.Generator | None = None) -> RunResult:
-    """Run `spec` to its end: n records written, inputs spent, or `stop` set (resumable).
+@dataclass
+class Prepared:
+    """A run opened and ready to drive: what the local runner and the Ray executor share."""
 
-    `generator` runs a plugin object that is not registered (tests, notebooks).
-    """
+    spec: JobSpec
+    settings: Settings
+    gen: plugin.Generator
+    params: Any
+    resolved: dict[str, RoleConfig]
+    prompts: Prompts
+    out: Path
+    features: datasets.Features
+    made_by: dict[str, Any]
+    store: ShardStore
+    done: set[str]
+    stats: RunStats
+    concurrency: int
+    started_wall: float = field(default_factory=time.time)
+
+
+def prepare(spec: JobSpec, settings: Settings | None, stats: RunStats | None,
+            generator: plugin.Generator | None) -> Prepared:
+    """Resolve the spec, open (or resume) the run folder, and read what is already done."""
     settings = settings or get_settings()
     gen = generator or plugin.get(spec.generator)
     params = gen.parse_params(spec.params)
@@ -145,105 +160,180 @@ async def run_job(spec: JobSpec, *, settings: Settings | None = None, stats: Run
     stats.target, stats.out = spec.n, out
     stats.done_before = min(store.progress.records, spec.n)
     stats.notes.extend(store.new_notes)
-    stop = stop or asyncio.Event()
     concurrency = spec.concurrency or max(c.concurrency or 1 for c in resolved.values())
-    started_wall = time.time()
+    return Prepared(spec, settings, gen, params, resolved, prompts, out, features, made_by, store, done, stats,
+                    concurrency)
+
+
+async def finish_drive(run: Prepared, stop: asyncio.Event) -> datasets.Dataset | None:
+    """After the drive: commit what is buffered, decide the end state, write the dataset."""
+    stats, spec = run.stats, run.spec
+    await run.store.flush(stats.usage())
+    if stats.error:
+        stats.state = "failed"  # e.g. the endpoint is unreachable: what was written stays resumable
+        return None
+    if stats.records < spec.n and stop.is_set():
+        stats.state = "stopped"  # resumable: the dataset is written when the run completes
+        return None
+    stats.state = "finishing"
+    dataset = await asyncio.to_thread(save_dataset, run.store)
+    # "incomplete": the input budget ran out before n records passed the checks.
+    stats.state = "succeeded" if stats.records >= spec.n else "incomplete"
+    return dataset
+
+
+def conclude(run: Prepared, dataset: datasets.Dataset | None, extra: dict[str, Any] | None = None) -> RunResult:
+    """The manifest, or no folder at all for a failed run that wrote nothing."""
+    manifest = _manifest(run, extra or {})
+    if run.stats.state == "failed" and run.store.remove_if_empty():
+        # Nothing was written (e.g. an empty source): leave no folder that blocks the next try.
+        return RunResult(out=run.out, stats=run.stats, manifest=manifest, dataset=None)
+    write_manifest(run.out, manifest)
+    # `spec.publish` is not the engine's: synthgen.publish reads the finished run (CLI, worker chain).
+    return RunResult(out=run.out, stats=run.stats, manifest=manifest, dataset=dataset)
+
+
+async def run_job(spec: JobSpec, *, settings: Settings | None = None, stats: RunStats | None = None,
+                  stop: asyncio.Event | None = None, roles: dict[str, Role] | None = None,
+                  on_flush: Callable[[RunStats], None] | None = None,
+                  generator: plugin.Generator | None = None) -> RunResult:
+    """Run `spec` to its end: n records written, inputs spent, or `stop` set (resumable).
+
+    `generator` runs a plugin object that is not registered (tests, notebooks).
+    """
+    run = prepare(spec, settings, stats, generator)
+    stop = stop or asyncio.Event()
     dataset = None
     try:
-        stats.roles = roles or build_roles(resolved)
-        resources_cm = gen.resources(params) if gen.resources else contextlib.nullcontext()
+        run.stats.roles = roles or build_roles(run.resolved)
+        resources_cm = run.gen.resources(run.params) if run.gen.resources else contextlib.nullcontext()
         async with resources_cm as resources:
-            stats.state = "running"
-            await _drive(spec, gen, params, prompts, store, stats, done, concurrency, stop, resources, on_flush)
-        await store.flush(stats.usage())
-        if stats.error:
-            stats.state = "failed"  # e.g. the endpoint is unreachable: what was written stays resumable
-        elif stats.records < spec.n and stop.is_set():
-            stats.state = "stopped"  # resumable: the dataset is written when the run completes
-        else:
-            stats.state = "finishing"
-            dataset = await asyncio.to_thread(save_dataset, store)
-            # "incomplete": the input budget ran out before n records passed the checks.
-            stats.state = "succeeded" if stats.records >= spec.n else "incomplete"
+            run.stats.state = "running"
+            await _drive(run, stop, resources, on_flush)
+        dataset = await finish_drive(run, stop)
     except BaseException:
-        store.remove_if_empty()  # a run that failed before writing anything leaves no marker behind
+        run.store.remove_if_empty()  # a run that failed before writing anything leaves no marker behind
         raise
     finally:
         if roles is None:
-            await close_roles(stats.roles)
-    manifest = _manifest(spec, gen, params, resolved, prompts, store, stats, started_wall, features, made_by)
-    if stats.state == "failed" and store.remove_if_empty():
-        # Nothing was written (e.g. an empty source): leave no folder that blocks the next try.
-        return RunResult(out=out, stats=stats, manifest=manifest, dataset=None)
-    write_manifest(out, manifest)
-    # `spec.publish` is not the engine's: synthgen.publish reads the finished run (CLI, worker chain).
-    return RunResult(out=out, stats=stats, manifest=manifest, dataset=dataset)
+            await close_roles(run.stats.roles)
+    return conclude(run, dataset)
 
 
-async def _drive(spec: JobSpec, gen: plugin.Generator, params: Any, prompts: Prompts, store: ShardStore,
-                 stats: RunStats, done: set[str], concurrency: int, stop: asyncio.Event, resources: Any,
-                 on_flush: Callable[[RunStats], None] | None) -> None:
-    need = spec.n - stats.done_before
-    if need <= 0:
-        return
-    tasks: set[asyncio.Task[None]] = set()
-    secrets = spec.secret_values()  # a server that echoes headers must not put a key on disk
-    enough = asyncio.Event()
-    stop_all = asyncio.Event()  # the run cannot go on (stats.error says why)
-    # A stop must wake the waits below at once, not after `flush_seconds`.
-    stopping = asyncio.ensure_future(stop.wait())
-    stopping.add_done_callback(lambda _t: changed.set())
-    changed = asyncio.Event()  # set whenever a record finishes: the gate below looks again
-    last_flush = time.monotonic()
+async def run_record(gen: plugin.Generator, item: dict[str, Any], ctx: plugin.RecordContext
+                     ) -> tuple[list[dict[str, Any]] | None, str, str]:
+    """One record -> (rows, "", "") or (None, reason slug, detail). Never raises but for cancel:
+    `Skip` keeps its reason, a spent request is `request_<reason>`, a plugin bug `error_<Type>`."""
+    try:
+        rows = await gen.generate(item, ctx)
+        if not rows:
+            raise plugin.Skip("no_rows", "the generator returned no rows")
+    except plugin.Skip as exc:
+        return None, exc.reason, exc.detail
+    except RequestError as exc:
+        return None, f"request_{exc.reason}", str(exc)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a plugin bug fails its record, never the run
+        log.debug("record %s raised", ctx.key, exc_info=True)
+        return None, f"error_{type(exc).__name__}", str(exc)
+    return rows, "", ""
 
-    def admit() -> bool:
+
+@dataclass
+class Ledger:
+    """What happens to a finished record, the same for every executor: rows to the store (only
+    while the target is unmet), drops to the failures file with secrets masked, the
+    unreachable-endpoint check, admission, and the notes a run ends with."""
+
+    spec: JobSpec
+    store: ShardStore
+    stats: RunStats
+    need: int
+    secrets: list[str]
+
+    @classmethod
+    def of(cls, run: Prepared) -> Ledger:
+        return cls(run.spec, run.store, run.stats, run.spec.n - run.stats.done_before, run.spec.secret_values())
+
+    def admits(self, in_flight: int, concurrency: int) -> bool:
         """Exact admission: start one more only if the records in flight, discounted by the
         share that gets dropped, cannot already cover what is still missing."""
-        return (stats.in_flight < concurrency
-                and stats.ok + stats.in_flight * (1.0 - stats.drop_rate()) < need)
+        stats = self.stats
+        return in_flight < concurrency and stats.ok + in_flight * (1.0 - stats.drop_rate()) < self.need
 
-    async def one(index: int, key: str, item: dict[str, Any]) -> None:
-        ctx = plugin.RecordContext(key=key, seed=seed_of(key), params=params, roles=stats.roles,
-                                   prompts=prompts, resources=resources)
-        try:
-            rows = await gen.generate(item, ctx)
-            if not rows:
-                raise plugin.Skip("no_rows", "the generator returned no rows")
-        except plugin.Skip as exc:
-            _fail(index, key, item, exc.reason, exc.detail)
-        except RequestError as exc:
-            _fail(index, key, item, f"request_{exc.reason}", str(exc))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a plugin bug fails its record, never the run
-            log.debug("record %s raised", key, exc_info=True)
-            _fail(index, key, item, f"error_{type(exc).__name__}", str(exc))
-        else:
-            if stats.ok >= need:  # finished after the target was met: not part of this run
-                return
-            for i, row in enumerate(rows):
-                row["key"] = row_key(key, i, len(rows))
-            store.add_rows(rows)
-            stats.ok += 1
-            stats.rows += len(rows)
-            if stats.ok >= need:
-                enough.set()
-        finally:
-            stats.in_flight -= 1
-            changed.set()
+    @property
+    def enough(self) -> bool:
+        return self.stats.ok >= self.need
 
-    def _fail(index: int, key: str, item: dict[str, Any], reason: str, detail: str) -> None:
+    def written(self, key: str, rows: list[dict[str, Any]]) -> None:
+        stats = self.stats
+        if stats.ok >= self.need:  # finished after the target was met: not part of this run
+            return
+        for i, row in enumerate(rows):
+            row["key"] = row_key(key, i, len(rows))
+        self.store.add_rows(rows)
+        stats.ok += 1
+        stats.rows += len(rows)
+
+    def dropped(self, key: str, index: int, item: dict[str, Any], reason: str, detail: str) -> None:
+        stats = self.stats
         stats.failed += 1
         stats.failures_by_reason[reason] = stats.failures_by_reason.get(reason, 0) + 1
-        store.add_failure({"key": key, "index": index, "reason": reason,
-                           "detail": redact(detail, secrets)[:2000], "input": _summary(item)})
+        # a server that echoes headers must not put a key on disk
+        self.store.add_failure({"key": key, "index": index, "reason": reason,
+                                "detail": redact(detail, self.secrets)[:2000], "input": _summary(item)})
         # Every record so far died on a connection that never opened (retries spent): the
         # endpoint is down or wrong. Going on would only burn the input budget and end with
         # advice to raise it, so stop and say so.
         if (stats.ok == 0 and stats.done_before == 0 and reason == "request_connection"
                 and stats.failures_by_reason[reason] == stats.failed >= UNREACHABLE_AFTER):
             stats.error = f"endpoint unreachable: {stats.failed} records failed to connect ({detail[:200]})"
-            stop_all.set()
+
+    def closing_notes(self, stopped: bool) -> None:
+        stats, spec = self.stats, self.spec
+        if stats.error or self.enough or stopped:
+            return
+        if stats.inputs_read == 0:
+            stats.error = "source empty: the generator's inputs yielded nothing (check its source params)"
+        elif stats.inputs_read < spec.input_budget:
+            stats.notes.append(
+                f"source exhausted after {stats.inputs_read} inputs: {stats.ok} of {self.need} records written, "
+                f"{stats.failed} dropped (reasons in failures.jsonl)")
+        else:
+            stats.notes.append(
+                f"input budget spent ({spec.input_budget} inputs): {stats.ok} of {self.need} records written, "
+                f"{stats.failed} dropped; look at failures.jsonl, then resume with a larger --max-inputs")
+
+
+async def _drive(run: Prepared, stop: asyncio.Event, resources: Any,
+                 on_flush: Callable[[RunStats], None] | None) -> None:
+    spec, gen, stats, store = run.spec, run.gen, run.stats, run.store
+    ledger = Ledger.of(run)
+    if ledger.need <= 0:
+        return
+    tasks: set[asyncio.Task[None]] = set()
+    changed = asyncio.Event()  # set whenever a record finishes: the gate below looks again
+    # A stop must wake the waits below at once, not after `flush_seconds`.
+    stopping = asyncio.ensure_future(stop.wait())
+    stopping.add_done_callback(lambda _t: changed.set())
+    last_flush = time.monotonic()
+
+    def over() -> bool:
+        return ledger.enough or stop.is_set() or stats.error is not None
+
+    async def one(index: int, key: str, item: dict[str, Any]) -> None:
+        ctx = plugin.RecordContext(key=key, seed=seed_of(key), params=run.params, roles=stats.roles,
+                                   prompts=run.prompts, resources=resources)
+        try:
+            rows, reason, detail = await run_record(gen, item, ctx)
+            if rows is None:
+                ledger.dropped(key, index, item, reason, detail)
+            else:
+                ledger.written(key, rows)
+        finally:
+            stats.in_flight -= 1
+            changed.set()
 
     async def flush_if_due() -> None:
         nonlocal last_flush
@@ -254,20 +344,20 @@ async def _drive(spec: JobSpec, gen: plugin.Generator, params: Any, prompts: Pro
             if on_flush:
                 on_flush(stats)
 
-    inputs = gen.inputs(plugin.InputContext(params=params, seed=spec.seed))
+    inputs = gen.inputs(plugin.InputContext(params=run.params, seed=spec.seed))
     for index, item in enumerate(itertools.islice(inputs, spec.input_budget)):
-        if enough.is_set() or stop.is_set() or stop_all.is_set():
+        if over():
             break
         key = record_key(gen.name, item, spec.seed)
-        if key in done:
+        if key in run.done:
             stats.inputs_read = index + 1
             continue
-        while not admit() and not enough.is_set() and not stop.is_set() and not stop_all.is_set():
+        while not ledger.admits(stats.in_flight, run.concurrency) and not over():
             changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), timeout=spec.flush_seconds)
             await flush_if_due()
-        if enough.is_set() or stop.is_set() or stop_all.is_set():
+        if over():
             break
         stats.inputs_read = index + 1
         stats.in_flight += 1
@@ -275,8 +365,8 @@ async def _drive(spec: JobSpec, gen: plugin.Generator, params: Any, prompts: Pro
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         await flush_if_due()
-    # Inputs spent or target met: wait for the records in flight unless the target is met.
-    while tasks and not enough.is_set() and not stop.is_set() and not stop_all.is_set():
+    # Inputs spent or target met: wait for the records in flight unless the run is over.
+    while tasks and not over():
         await asyncio.wait({*tasks, stopping}, timeout=spec.flush_seconds, return_when=asyncio.FIRST_COMPLETED)
         await flush_if_due()
     stopping.cancel()
@@ -284,18 +374,7 @@ async def _drive(spec: JobSpec, gen: plugin.Generator, params: Any, prompts: Pro
         task.cancel()
     if tasks:
         await asyncio.gather(*tasks, return_exceptions=True)
-    if stats.error or need <= stats.ok or stop.is_set():
-        return
-    if stats.inputs_read == 0:
-        stats.error = "source empty: the generator's inputs yielded nothing (check its source params)"
-    elif stats.inputs_read < spec.input_budget:
-        stats.notes.append(
-            f"source exhausted after {stats.inputs_read} inputs: {stats.ok} of {need} records written, "
-            f"{stats.failed} dropped (reasons in failures.jsonl)")
-    else:
-        stats.notes.append(
-            f"input budget spent ({spec.input_budget} inputs): {stats.ok} of {need} records written, "
-            f"{stats.failed} dropped; look at failures.jsonl, then resume with a larger --max-inputs")
+    ledger.closing_notes(stop.is_set())
 
 
 def _summary(item: dict[str, Any]) -> dict[str, Any]:
@@ -303,9 +382,9 @@ def _summary(item: dict[str, Any]) -> dict[str, Any]:
     return orjson.loads(orjson.dumps(item, default=lambda o: f"<{type(o).__name__} {len(o) if hasattr(o, '__len__') else ''}>"))
 
 
-def _manifest(spec: JobSpec, gen: plugin.Generator, params: Any, resolved: dict[str, Any], prompts: Prompts,
-              store: ShardStore, stats: RunStats, started_wall: float, features: datasets.Features,
-              made_by: dict[str, Any]) -> dict[str, Any]:
+def _manifest(run: Prepared, extra: dict[str, Any]) -> dict[str, Any]:
+    spec, gen, params, resolved, prompts = run.spec, run.gen, run.params, run.resolved, run.prompts
+    store, stats, started_wall, features, made_by = run.store, run.stats, run.started_wall, run.features, run.made_by
     p = store.progress
     by_provenance = p.records_by_provenance()
     return {
@@ -328,6 +407,7 @@ def _manifest(spec: JobSpec, gen: plugin.Generator, params: Any, resolved: dict[
                     "records_per_s": stats.snapshot().records_per_s},
         "features": features.to_dict(),
         "notes": stats.notes,
+        **extra,
     }
 
 
