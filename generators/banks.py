@@ -24,6 +24,15 @@ class Difficulty(BaseModel):
     weight: float = Field(1.0, gt=0)
 
 
+def levels_from(value: object) -> object:
+    """For params validators: a plain list of labels (the old form, e.g. ["易しい", "難しい"]) is
+    accepted as levels named level-1, level-2, ... whose instruction is just the label."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return [{"name": f"level-{i}", "label": v, "instruction": f"難しさは「{v}」の程度にすること。"}
+                for i, v in enumerate(value, 1)]
+    return value
+
+
 def difficulties(kind: str) -> list[Difficulty]:
     """The bundled levels for `kind` ('text' or 'image') from data/difficulties.yaml."""
     return [Difficulty.model_validate(row) for row in data.load("difficulties.yaml")[kind]]

@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from synthgen.engine.messages import ChatResult, assistant, user
 from synthgen.engine.plugin import Generator, InputContext, RecordContext, Skip, unique_names
 from synthgen.generators import data
-from synthgen.generators.banks import Difficulty, by_name, difficulties, draw
+from synthgen.generators.banks import Difficulty, by_name, difficulties, draw, levels_from
 from synthgen.generators.images.checks import is_refusal, mentions_caption
 from synthgen.generators.images.download import Downloader, open_downloader
 from synthgen.generators.images.sources import ImageInputParams, describe, iter_items, load_image
@@ -119,6 +119,11 @@ class Params(ImageInputParams):
     @classmethod
     def _unique(cls, v: list[Category]) -> list[Category]:
         return unique_names(v, "category")
+
+    @field_validator("difficulties", mode="before")
+    @classmethod
+    def _plain_labels(cls, v: object) -> object:
+        return levels_from(v)
 
     @field_validator("difficulties")
     @classmethod

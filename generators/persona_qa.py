@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from synthgen.engine.messages import ChatResult, assistant, system, user
 from synthgen.engine.plugin import Generator, InputContext, RecordContext, Skip, unique_names
 from synthgen.generators import data
-from synthgen.generators.banks import Difficulty, by_name, difficulties, draw
+from synthgen.generators.banks import Difficulty, by_name, difficulties, draw, levels_from
 from synthgen.generators.persona_traits import asker
 from synthgen.generators.textcheck import is_japanese, leaks_answer, strip_label
 
@@ -83,6 +83,11 @@ class QuestionParams(BaseModel):
     @classmethod
     def _unique_tasks(cls, tasks: list[Task]) -> list[Task]:
         return unique_names(tasks, "task")
+
+    @field_validator("difficulties", mode="before")
+    @classmethod
+    def _plain_labels(cls, v: object) -> object:
+        return levels_from(v)
 
     @field_validator("difficulties")
     @classmethod

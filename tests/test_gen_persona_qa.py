@@ -129,3 +129,9 @@ def test_keypoint_variant_through_the_cli_with_kill_and_resume(tmp_path):
     asks = [p for p in seen if "問題を一つ作って" in p]
     assert asks and all("人物:" not in p and re.search(r"「[^」]+」を主題にした", p) for p in asks)
     assert len(collections.Counter(ds["keypoint"])) >= 10
+
+
+def test_difficulties_accept_the_old_plain_labels():
+    params = generator.parse_params({"difficulties": ["易しい", "難しい"]})
+    assert [(d.name, d.label) for d in params.difficulties] == [("level-1", "易しい"), ("level-2", "難しい")]
+    assert [d.name for d in generator.parse_params({}).difficulties] == ["basic", "intermediate", "advanced"]
