@@ -158,15 +158,20 @@ def test_bad_banks_are_clear_errors(tmp_path):
 
 
 def test_multi_image_records_hold_2_to_4_images_and_a_question_needing_them(tmp_path):
-    _parquet(tmp_path / "c.parquet", 16, CAPTION_TEXT)
+    """Through the CLI, killed midway and resumed: the grouping is seeded, so resume finds the same groups."""
+    _parquet(tmp_path / "c.parquet", 40, CAPTION_TEXT)
     writer = RecaptionWriter()
-    with LoopbackServer(writer) as srv:
-        spec = JobSpec(generator="category-recaption", n=8, out=str(tmp_path / "out"),
-                       params={"source": str(tmp_path / "c.parquet"), "caption_column": "text",
-                               "questions_per_image": 1, "multi_image_chance": 0.6, "images_per_record": [2, 4]},
-                       roles={"default": {"base_url": srv.base_url, "model": "M"}})
-        assert asyncio.run(run_job(spec)).stats.state == "succeeded"
-    ds = datasets.load_from_disk(str(tmp_path / "out"))
+    out = tmp_path / "out"
+    with LoopbackServer(writer, latency=0.02) as srv:
+        args = ["run", "category-recaption", "--n", "12", "--base-url", srv.base_url, "--model", "M", "--out", str(out),
+                "--set", f"params.source={tmp_path / 'c.parquet'}", "--set", "params.caption_column=text",
+                "--set", "params.questions_per_image=1", "--set", "params.multi_image_chance=0.6",
+                "--set", "params.images_per_record=[2,4]"]
+        written, again = kill_then_resume(args, out, kill_after=3)
+    assert 3 <= written < 12
+    assert again.returncode == 0, again.stderr + again.stdout
+    ds = datasets.load_from_disk(str(out))
+    assert len(ds) == 12 and len(set(ds["key"])) == 12
     multi = [r for r in ds if r["images"]]
     single = [r for r in ds if not r["images"]]
     assert multi and single
