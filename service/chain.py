@@ -49,6 +49,7 @@ WEBHOOK_ATTEMPTS = 6
 WEBHOOK_FIRST_WAIT_S = 1.0
 WEBHOOK_MAX_WAIT_S = 60.0
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+WATCH_GRACE_S = 60.0  # after the trainer ends, how long its watcher may take to finish the step
 
 
 # -- validation at the edge ------------------------------------------------------------------
@@ -176,8 +177,14 @@ def read_steps(root: Path, job_id: str) -> list[dict[str, Any]] | None:
                 st = launch.status(Path(step["run_dir"]))
             except ImportError:
                 continue
-            step["state"] = st["state"] if st["state"] in FINAL else "running"
             step["progress"] = {k: st.get(k) for k in ("stage", "step", "total_steps", "loss")}
+            # The trainer is done but the watcher has not yet written the model card and sent
+            # the webhook: still running, unless the watcher's worker is gone (no word for a while).
+            from synthgen.trainer.progress import read_status
+
+            ended = float(read_status(Path(step["run_dir"])).get("updated_at") or 0)
+            finishing = st["state"] in FINAL and time.time() - ended < WATCH_GRACE_S
+            step["state"] = st["state"] if st["state"] in FINAL and not finishing else "running"
             if st.get("error") and step["state"] == "failed":
                 step["error"] = st["error"]
         elif step.get("host") == socket.gethostname() and step.get("pid") and not _alive(int(step["pid"])):
