@@ -70,7 +70,8 @@ def test_new_layouts_through_the_cli_with_kill_and_resume(tmp_path):
     with LoopbackServer(document_responder, latency=0.05) as srv:
         args = ["run", "html-render", "--n", "14", "--base-url", srv.base_url, "--model", "M", "--out", str(out),
                 "--set", f"params.source={src}", "--set", "params.column=body", "--set", "params.pool_pages=2",
-                "--set", "params.layouts=" + orjson.dumps(layouts).decode(), "--set", "params.degrade_chance=0.5"]
+                "--set", "params.layouts=" + orjson.dumps(layouts).decode(), "--set", "params.degrade_chance=0.5",
+                "--set", "params.multi_chart_chance=0.3"]
         written, again = kill_then_resume(args, out, kill_after=3)
     assert 3 <= written < 14
     assert again.returncode == 0, again.stderr + again.stdout
@@ -79,7 +80,7 @@ def test_new_layouts_through_the_cli_with_kill_and_resume(tmp_path):
     assert set(ds["layout"]) >= {"bar_chart", "line_chart", "pie_chart"} and set(ds["layout"]) & set(
         html_render.DOCUMENT_LAYOUTS)
     fonts = set(html_render.font_choices(list(html_render.data.load("fonts.yaml"))))
-    degraded = 0
+    degraded = pairs = 0
     for row in ds:
         assert row["style"]["font"] in fonts
         assert set(row["degradations"]) <= set(EFFECTS)
@@ -88,20 +89,27 @@ def test_new_layouts_through_the_cli_with_kill_and_resume(tmp_path):
         assert msgs[0]["content"].startswith("<image>\n") and len(msgs) >= 2
         if row["layout"] in html_render.CHART_LAYOUTS:
             chart = row["chart"]
-            assert chart["kind"] == row["layout"].removesuffix("_chart")
+            assert chart["kind"] == row["layout"].removesuffix("_chart") and row["charts"][0] == chart
             # the picture's geometry draws exactly the table the answers come from
-            drawn = charts.read_chart(row["html"], chart["kind"])
-            assert drawn == pytest.approx(chart["values"], abs=10 ** -chart["decimals"] / 2)
-            assert row["qa"] and all(q["answer"] == expected_answer(q["question"], chart) for q in row["qa"])
-            if chart["kind"] == "pie":
-                assert sum(chart["values"]) == 100
+            for doc, table in zip(row["html"].split("\n<!-- 2枚目 -->\n"), row["charts"], strict=True):
+                drawn = charts.read_chart(doc, table["kind"])
+                assert drawn == pytest.approx(table["values"], abs=10 ** -table["decimals"] / 2)
+                if table["kind"] == "pie":
+                    assert sum(table["values"]) == 100
+            if len(row["charts"]) == 2:
+                pairs += 1
+                assert row["image"] is None and len(row["images"]) == 2
+                assert all(q["answer"] == expected_pair_answer(q["question"], *row["charts"]) for q in row["qa"])
+            else:
+                assert all(q["answer"] == expected_answer(q["question"], chart) for q in row["qa"])
+            assert row["qa"]
         else:
             assert row["chart"]["kind"] == "" and row["qa"]
             if row["layout"] == "report":
                 assert row["html"].count('class="page"') >= 2
             if row["layout"] == "merged_table":
                 assert re.search(r"(?:rowspan|colspan)=\"?[2-9]", row["html"])
-    assert degraded >= 2
+    assert degraded >= 2 and pairs >= 1
 
 
 def test_documents_that_ignore_their_layout_are_dropped(tmp_path):
