@@ -278,10 +278,15 @@ def installed_fonts() -> frozenset[str]:
 
 def font_choices(kinds: list[str]) -> list[str]:
     """The wanted kinds' families that are installed; generic families when none is."""
+    return list(_font_choices(tuple(kinds)))
+
+
+@functools.cache
+def _font_choices(kinds: tuple[str, ...]) -> tuple[str, ...]:
     bank = data.load("fonts.yaml")
     have = installed_fonts()
     found = [f for kind in kinds for f in bank.get(kind, []) if f in have]
-    return found or list(GENERIC_FONTS)
+    return tuple(found) or GENERIC_FONTS
 
 
 def _style(ctx: RecordContext[Params], p: Params) -> dict[str, Any]:
