@@ -44,7 +44,7 @@ from synthgen.engine import plugin
 from synthgen.engine.errors import EngineUnavailable
 from synthgen.engine.keys import record_key, seed_of
 from synthgen.engine.prompts import Prompts
-from synthgen.engine.roles import Usage, build_roles, close_roles
+from synthgen.engine.roles import build_roles, close_roles
 from synthgen.engine.runner import (
     Ledger,
     Prepared,
@@ -55,6 +55,7 @@ from synthgen.engine.runner import (
     prepare,
     run_record,
 )
+from synthgen.engine.snapshot import Usage
 from synthgen.settings import Settings
 from synthgen.spec import JobSpec, RoleConfig
 

@@ -10,7 +10,6 @@ import asyncio
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
@@ -20,24 +19,11 @@ from synthgen.engine.admission import AdaptiveLimit
 from synthgen.engine.backends import ChatClient
 from synthgen.engine.errors import RequestError
 from synthgen.engine.messages import ChatResult, Message
+from synthgen.engine.snapshot import Usage
 from synthgen.spec import DEFAULT_ROLE, JobSpec, RoleConfig
 
 DEFAULTS = RoleConfig(engine="openai", concurrency=256, timeout=120.0, max_attempts=6, temperature=0.7,
                       max_tokens=1024)
-
-
-@dataclass
-class Usage:
-    requests: int = 0
-    failed: int = 0
-    retries: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    latency_s: float = 0.0
-    failures_by_reason: dict[str, int] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def backoff_seconds(attempt: int, exc: BaseException | None) -> float:
@@ -58,7 +44,7 @@ class Role:
         self.config = config
         self.client = client
         self.model = config.model or client.model
-        self.usage = Usage()
+        self.usage = Usage(model=self.model)
         self._sampling = config.sampling()
         self._timeout = float(config.timeout or DEFAULTS.timeout or 120.0)
         self.admission = AdaptiveLimit(config.concurrency or DEFAULTS.concurrency or 256)

@@ -29,7 +29,7 @@ from synthgen.engine.finalize import save_dataset, write_manifest
 from synthgen.engine.keys import record_key, row_key, seed_of
 from synthgen.engine.prompts import Prompts
 from synthgen.engine.roles import Role, build_roles, close_roles, resolve_roles
-from synthgen.engine.snapshot import RoleUsage, RunSnapshot
+from synthgen.engine.snapshot import RunSnapshot, Usage
 from synthgen.redact import redact
 from synthgen.settings import Settings, get_settings
 from synthgen.spec import JobSpec, RoleConfig, RunState
@@ -74,7 +74,7 @@ class RunStats:
         return sum(r.usage.requests for r in self.roles.values())
 
     def usage(self) -> dict[str, Any]:
-        return {name: {"model": r.model, **r.usage.as_dict()} for name, r in self.roles.items()}
+        return {name: r.usage.as_dict() for name, r in self.roles.items()}
 
     def drop_rate(self) -> float:
         return min(self.failed / (self.ok + self.failed + DROP_PRIOR), MAX_DROP_ESTIMATE)
@@ -90,7 +90,7 @@ class RunStats:
             tokens_per_s=round(self.tokens() / elapsed, 1),
             eta_s=round(left / rate, 1) if rate > 0 and left > 0 else None,
             failures_by_reason=dict(self.failures_by_reason),
-            usage={name: RoleUsage(model=r.model, **r.usage.as_dict()) for name, r in self.roles.items()},
+            usage={name: Usage(**r.usage.as_dict()) for name, r in self.roles.items()},
             notes=list(self.notes), error=self.error)
 
 

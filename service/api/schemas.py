@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from synthgen.engine.snapshot import RoleUsage, RunSnapshot
+from synthgen.engine.snapshot import RunSnapshot, Usage
 from synthgen.service.store.jobs import JobRow as Job
 from synthgen.spec import JobState
 
@@ -26,7 +26,7 @@ class Progress(BaseModel):
     eta_s: float | None = None
     engine_state: str | None = None
     failures_by_reason: dict[str, int] = Field(default_factory=dict)
-    usage: dict[str, RoleUsage] = Field(default_factory=dict)
+    usage: dict[str, Usage] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
 
 
