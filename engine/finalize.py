@@ -74,15 +74,3 @@ def write_manifest(out: Path, manifest: dict[str, Any]) -> Path:
     path = out / MANIFEST
     atomic_write(path, orjson.dumps(manifest, option=orjson.OPT_INDENT_2, default=str))
     return path
-
-
-def publish(ds: datasets.Dataset, out: Path, repo_id: str, *, private: bool, token: str | None, split: str) -> str:
-    """Push the dataset and its manifest to the Hub; returns the dataset's URL."""
-    from huggingface_hub import HfApi
-
-    ds.push_to_hub(repo_id, private=private, token=token, split=split)
-    manifest = out / MANIFEST
-    if manifest.exists():
-        HfApi(token=token).upload_file(path_or_fileobj=str(manifest), path_in_repo="synthgen_manifest.json",
-                                       repo_id=repo_id, repo_type="dataset")
-    return f"https://huggingface.co/datasets/{repo_id}"
