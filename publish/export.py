@@ -75,6 +75,21 @@ def _clean(text: Any) -> str:
     return re.sub(r"\s*<image>\s*", "\n", str(text or "")).strip()
 
 
+def _is_image_list(feature: Any) -> bool:
+    inner = getattr(feature, "feature", None)
+    if isinstance(feature, list) and len(feature) == 1:
+        inner = feature[0]
+    return isinstance(inner, datasets.Image)
+
+
+def _pictures(row: dict[str, Any]) -> list[bytes]:
+    """A row's pictures in order: its `image`, or its `images` list (multi-image records)."""
+    one = _image_bytes(row.get("image"))
+    if one is not None:
+        return [one]
+    return [b for b in (_image_bytes(v) for v in row.get("images") or []) if b is not None]
+
+
 def _rows(run_dir: str | Path) -> tuple[Iterator[dict[str, Any]], bool]:
     ds = open_run(run_dir).dataset()
     if "messages" not in ds.column_names:
@@ -82,6 +97,9 @@ def _rows(run_dir: str | Path) -> tuple[Iterator[dict[str, Any]], bool]:
     has_image = "image" in ds.column_names and isinstance(ds.features["image"], datasets.Image)
     if has_image:
         ds = ds.cast_column("image", datasets.Image(decode=False))
+    if "images" in ds.column_names and _is_image_list(ds.features["images"]):
+        ds = ds.cast_column("images", datasets.List(datasets.Image(decode=False)))
+        has_image = True
 
     def gen() -> Iterator[dict[str, Any]]:
         for batch in ds.iter(batch_size=BATCH):
@@ -115,13 +133,20 @@ def _llava(run_dir: str | Path, out: Path, fmt: str) -> ExportResult:
                 continue
             rid = str(row.get("key") or index)
             entry: dict[str, Any] = {"id": rid}
-            data = _image_bytes(row.get("image")) if has_image else None
-            if data is not None:
-                name = f"{rid}{_ext(data)}"
-                (out / "images" / name).write_bytes(data)
-                entry["image"] = name
-                turns[0] = (turns[0][0], f"{IMAGE_TOKEN}\n{turns[0][1]}")
-                images += 1
+            pictures = _pictures(row) if has_image else []
+            if len(pictures) > 1 and fmt == "llava-jp":
+                skipped += 1  # LLaVA-JP's loader takes one image per conversation
+                continue
+            if pictures:
+                names = []
+                for k, data in enumerate(pictures):
+                    names.append(f"{rid.replace(':', '_')}{f'-{k}' if len(pictures) > 1 else ''}{_ext(data)}")
+                    (out / "images" / names[-1]).write_bytes(data)
+                # One picture: LLaVA's `image` string; several: the list LLaVA-NeXT/OneVision read,
+                # with one <image> per picture at the start of the first human turn.
+                entry["image"] = names[0] if len(names) == 1 else names
+                turns[0] = (turns[0][0], f"{IMAGE_TOKEN}\n" * len(names) + turns[0][1])
+                images += len(names)
             entry["conversations"] = [{"from": s, "value": t} for s, t in turns]
             fh.write(("," if count else "") + "\n" + json.dumps(entry, ensure_ascii=False))
             count += 1
@@ -172,17 +197,17 @@ def _trl(run_dir: str | Path, out: Path) -> ExportResult:
             skipped += 1
             continue
         rid = str(row.get("key") or index)
-        data = _image_bytes(row.get("image")) if has_image else None
         if not has_image:
             buffer.append({"id": rid, "messages": [{"role": r, "content": t} for r, t in turns]})
         else:
             messages = [{"role": r, "content": [{"type": "text", "text": t}]} for r, t in turns]
             first_user = next((m for m in messages if m["role"] == "user"), None)
-            if data is not None and first_user is not None:
-                first_user["content"].insert(0, {"type": "image", "text": None})
-                images += 1
+            pictures = _pictures(row) if first_user is not None else []
+            if first_user is not None:  # one image part per picture, in order, before the text
+                first_user["content"][:0] = [{"type": "image", "text": None} for _ in pictures]
+            images += len(pictures)
             buffer.append({"id": rid, "messages": messages,
-                           "images": [{"bytes": data, "path": None}] if data is not None and first_user else []})
+                           "images": [{"bytes": data, "path": None} for data in pictures]})
         count += 1
         if len(buffer) >= BATCH:
             flush()
