@@ -314,9 +314,11 @@ async def _drive(run: Prepared, stop: asyncio.Event, resources: Any,
         return
     tasks: set[asyncio.Task[None]] = set()
     changed = asyncio.Event()  # set whenever a record finishes: the gate below looks again
-    # A stop must wake the waits below at once, not after `flush_seconds`.
+    # A stop must wake the waits below at once; a tick wakes them for time-based flushes when no
+    # record finishes for a while (a plain Event wait per record start, no timer per wait).
     stopping = asyncio.ensure_future(stop.wait())
     stopping.add_done_callback(lambda _t: changed.set())
+    ticker = asyncio.create_task(_tick(changed, spec.flush_seconds))
     last_flush = time.monotonic()
 
     def over() -> bool:
@@ -354,8 +356,7 @@ async def _drive(run: Prepared, stop: asyncio.Event, resources: Any,
             continue
         while not ledger.admits(stats.in_flight, run.concurrency) and not over():
             changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), timeout=spec.flush_seconds)
+            await changed.wait()
             await flush_if_due()
         if over():
             break
@@ -370,11 +371,18 @@ async def _drive(run: Prepared, stop: asyncio.Event, resources: Any,
         await asyncio.wait({*tasks, stopping}, timeout=spec.flush_seconds, return_when=asyncio.FIRST_COMPLETED)
         await flush_if_due()
     stopping.cancel()
+    ticker.cancel()
     for task in list(tasks):
         task.cancel()
     if tasks:
         await asyncio.gather(*tasks, return_exceptions=True)
     ledger.closing_notes(stop.is_set())
+
+
+async def _tick(event: asyncio.Event, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        event.set()
 
 
 def _summary(item: dict[str, Any]) -> dict[str, Any]:
