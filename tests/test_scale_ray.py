@@ -182,7 +182,7 @@ def test_a_rest_job_on_ray_shows_progress_and_finishes(ray_cluster, tmp_path):
 
     JobStore.open(f"sqlite:///{tmp_path}/synthgen.db").dispose()
     env = {**worker_env(tmp_path), "SYNTHGEN_RAY_ADDRESS": ray_cluster, "SYNTHGEN_RAY_WORKERS": "2"}
-    with LoopbackServer(answers, latency=0.1) as srv, TestClient(create_app(settings_for(tmp_path))) as client:
+    with LoopbackServer(answers, latency=0.1) as srv, TestClient(create_app(settings_for(tmp_path, ray_address=ray_cluster))) as client:
         log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed below
         worker = subprocess.Popen([sys.executable, "-m", "synthgen.service.cli", "worker"], env=env,
                                   stdout=log, stderr=subprocess.STDOUT)

@@ -291,3 +291,10 @@ def test_smoke_model_jobs_get_short_replies_like_the_cli(api):
     assert mine["roles"]["default"]["max_tokens"] == 40
     served = api.post("/v1/jobs", json=job_body("http://127.0.0.1:9/v1", 1)).json()["spec"]
     assert served["roles"]["default"]["max_tokens"] is None
+
+
+def test_ray_executor_needs_a_cluster_the_operator_configured(api):
+    body = {**job_body("http://127.0.0.1:9/v1", 5), "executor": "ray"}
+    r = api.post("/v1/jobs", json=body)
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "executor_not_available"
+    assert "SYNTHGEN_RAY_ADDRESS" in r.json()["detail"][0]["msg"]

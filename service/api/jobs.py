@@ -113,6 +113,10 @@ async def create_job(spec: Annotated[JobSpec, Body(openapi_examples=EXAMPLES)], 
             violations += check_roles(judge, policy, ["body", "quality", i, "role"])[1]
     if violations:
         raise HTTPException(422, detail=[v.as_error() for v in violations])
+    if spec.executor == "ray" and not request.app.state.settings.ray_address:
+        # Without a cluster the worker would start a Ray of its own: the operator decides that.
+        raise invalid(["body", "executor"], "this server has no Ray cluster configured (SYNTHGEN_RAY_ADDRESS)",
+                      "executor_not_available")
     spec = with_smoke_defaults(spec, resolved)
     chained = spec.publish or spec.then or spec.webhooks  # the steps after success (synthgen.service.chain)
     if chained and (errors := await run_in_threadpool(chain.chain_errors, spec, request.app.state.settings)):
