@@ -150,6 +150,10 @@ async def evaluate(spec: EvalSpec, out_dir: str | Path | None = None, progress: 
     tasks = [(get_task(ref.name), ref) for ref in spec.tasks]
     configured = {"model": spec.model, **({"judge": spec.judge} if spec.judge else {})}
     resolved = resolve_roles(configured, tuple(configured))
+    if any(c.engine == "transformers" and c.model and Path(c.model).is_dir() for c in resolved.values()):
+        # A trainer checkpoint may hold the trainer's ConvNeXt tower (ConvLLaVA recipes): register
+        # its classes with transformers' Auto mappings so the engine's loader knows them.
+        import synthgen.trainer.towers  # noqa: F401
     own_roles = roles is None
     roles = roles if roles is not None else build_roles(resolved)
     cache_dir = Path(spec.cache_dir) if spec.cache_dir else (Path(out_dir).parent if out_dir else None)

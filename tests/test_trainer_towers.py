@@ -78,6 +78,23 @@ def test_convnext_tower_with_fifth_stage_trains_unfrozen_and_reloads(parts, tmp_
     answers = generate(loaded, [img], ["色は？"], max_new_tokens=2)
     assert len(answers) == 1 and isinstance(answers[0], str)
 
+    # `synthgen eval --model` in a fresh process (no trainer module imported yet) scores it too.
+    import os
+    import subprocess
+    import sys
+
+    import eval_data
+
+    task = eval_data.vg_vqa(tmp_path / "vqa", images=1, per_image=2)
+    proc = subprocess.run([sys.executable, "-m", "synthgen.service.cli", "eval", "--model", str(tmp_path / "model"),
+                           "--tasks", "ja-vg-vqa-500", "--source", f"ja-vg-vqa-500={task}", "--max-tokens", "2",
+                           "--device", "cpu", "--out", str(tmp_path / "eval")],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    samples = report["tasks"]["ja-vg-vqa-500"]["samples"]
+    assert len(samples) == 2 and not any(s.get("error") for s in samples)
+
 
 def test_anyres_tiles_wide_images_trains_mixed_batches_and_reloads_as_llava_next(parts, tmp_path):
     """LLaVA-NeXT anyres on CLIP: a 64x32 image is tiled on the 1x2 grid; training counts its tokens as
