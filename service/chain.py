@@ -111,12 +111,24 @@ def _train_errors(config: dict[str, Any], settings: Settings) -> list[dict[str, 
     return []
 
 
-def _with_sources(config: dict[str, Any], data: Path) -> dict[str, Any]:
+def _training_data(root: Path, job_id: str, run_dir: Path) -> dict[str, Any]:
+    """What a chained training reads: the published copy when it was published to a folder under
+    the data root (its config and split, as a user of the data would load it), else the run."""
+    published = next((s for s in _read(root, job_id) or [] if s["name"] == "publish" and s["state"] == "succeeded"),
+                     None)
+    result = (published or {}).get("result") or {}
+    if result.get("local_dir"):
+        return {"path": str(root.resolve() / result["local_dir"]), "config": result.get("config"),
+                "split": result.get("split") or "train"}
+    return {"path": str(run_dir)}
+
+
+def _with_sources(config: dict[str, Any], data: Path | dict[str, Any]) -> dict[str, Any]:
     """The training config with this job's data as its source unless it names sources itself."""
     cfg = dict(config)
     block = dict(cfg.get("data") or {})
     if not block.get("sources"):
-        block["sources"] = [{"path": str(data)}]
+        block["sources"] = [data if isinstance(data, dict) else {"path": str(data)}]
     cfg["data"] = block
     return cfg
 
@@ -337,7 +349,7 @@ def start_training(store: Any, root: Path, job_id: str, spec: JobSpec, run_dir: 
 
         training_id = store_trainings.new_job_id()
         train_dir = root.resolve() / "trainings" / training_id
-        config = _with_sources(spec.then.train, run_dir)
+        config = _with_sources(spec.then.train, _training_data(root, job_id, run_dir))
         cfg = confine_config(config, root.resolve(), train_dir)
         store_trainings.create(store, config=config, run_dir=str(train_dir), training_id=training_id)
         pid = launch.start(cfg, train_dir)

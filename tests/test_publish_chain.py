@@ -165,6 +165,9 @@ def test_chained_job_generates_publishes_and_trains(service):
     # The training ran through /v1/trainings' machinery and left a model with a model card.
     trainings = client.get("/v1/trainings").json()
     assert trainings["total"] == 1 and trainings["items"][0]["id"] == train["result"]["training_id"]
+    # It trained on the published copy, loaded as a user of the data would (config + split).
+    source = trainings["items"][0]["config"]["data"]["sources"][0]
+    assert source["path"].endswith("published/ja-captions") and source["split"] == "train" and source["config"]
     model = root / train["result"]["output_dir"]
     assert (model / "config.json").exists()
     card = (model / "README.md").read_text(encoding="utf-8")

@@ -51,7 +51,10 @@ class ModelConfig(Strict):
 
 
 class SourceConfig(Strict):
-    path: str = Field(description="datasets folder (save_to_disk), Hub dataset id, or LLaVA JSON file")
+    path: str = Field(description="datasets folder (save_to_disk), a published folder (card + parquet, as "
+                                  "`synthgen push --local` writes), Hub dataset id, or LLaVA JSON file")
+    config: str | None = Field(None, max_length=96, description="the dataset config of a Hub repo or published "
+                                                                "folder that holds several (synthgen: one per generator)")
     format: Literal["auto", "synthgen", "llava_json"] = "auto"
     weight: float = Field(1.0, gt=0, description="sampling weight: copies of this source per epoch (0.5 = half)")
     split: str = "train"

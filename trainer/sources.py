@@ -135,6 +135,9 @@ def _open_dataset(cfg: SourceConfig) -> datasets.Dataset:
     path = Path(cfg.path)
     if cfg.path.startswith(("/", "./", "../")) and not path.exists():
         raise FileNotFoundError(f"dataset {cfg.path} does not exist")
+    if path.is_dir() and not (path / "state.json").exists() and not (path / "dataset_dict.json").exists():
+        # a published folder (README card + parquet per config): what `load_dataset` reads from the Hub
+        return datasets.load_dataset(str(path), name=cfg.config, split=cfg.split)
     if path.exists():
         ds = datasets.load_from_disk(str(path))
         if isinstance(ds, datasets.DatasetDict):
@@ -142,7 +145,7 @@ def _open_dataset(cfg: SourceConfig) -> datasets.Dataset:
                 raise ValueError(f"{cfg.path}: no split {cfg.split!r} (has {list(ds)})")
             ds = ds[cfg.split]
         return ds
-    return datasets.load_dataset(cfg.path, split=cfg.split)
+    return datasets.load_dataset(cfg.path, name=cfg.config, split=cfg.split)
 
 
 def _read_llava_json(path: Path) -> list[dict[str, Any]]:
