@@ -45,8 +45,6 @@ ROLE_OPTIONS: dict[str, set[str]] = {
              "max_model_len", "dtype", "enforce_eager", "max_num_seqs", "limit_mm_per_prompt", "seed",
              "quantization", "kv_cache_dtype", "enable_prefix_caching"},
 }
-REMOTE_ENGINES = {"openai", "openai-batch"}  # call base_url; the model is a name sent to it
-LOCAL_ENGINES = {"transformers", "vllm"}  # load `model` in the worker
 DTYPES = {"float32", "float16", "bfloat16", "auto"}
 _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d{1,2})?|auto)$")
 _GGUF = re.compile(r"^[\w.-]+\.gguf$")
@@ -331,6 +329,18 @@ def _input_value(value: str, src: InputSource, policy: Policy, loc: list[str | i
         f"; a Hub dataset is written {src.hub_prefix}owner/name" if src.hub_prefix else ""), "input_not_found")
 
 
+def _loads_model(engine: str) -> bool:
+    """The backend loads `model` itself (a folder or a Hub download: in the worker or the cluster),
+    as its `Backend.in_process` says; a remote one only sends the name to its server. An engine
+    that is not registered counts as loading, the safe side."""
+    from synthgen.engine import backends
+
+    try:
+        return backends.get(engine).in_process
+    except LookupError:
+        return True
+
+
 def check_roles(resolved: Mapping[str, Any], policy: Policy, prefix: list[str | int] | None = None
                 ) -> tuple[dict[str, str], list[PolicyError]]:
     """Violations in the resolved role configs, and {role: absolute model folder} for local models."""
@@ -348,7 +358,7 @@ def check_roles(resolved: Mapping[str, Any], policy: Policy, prefix: list[str | 
                                           "(SYNTHGEN_ALLOWED_ENDPOINTS)", "endpoint_not_allowed"))
                 break
         errors.extend(_check_options(cfg.options, engine, [*loc, "options"]))
-        if engine not in REMOTE_ENGINES and cfg.model and (engine in LOCAL_ENGINES or not cfg.base_url):
+        if cfg.model and _loads_model(engine):
             try:
                 local = policy.local_input(cfg.model, [*loc, "model"])
             except PolicyError as exc:

@@ -213,3 +213,16 @@ def test_the_worker_policy_refuses_paths_the_post_would_have(tree):
     finally:
         policy.activate(previous)
     assert load_personas(str(tree / "outside" / "secret.jsonl"))  # the CLI keeps its freedom
+
+
+def test_which_engines_load_their_model_comes_from_the_backend(tree):
+    """In-process backends (and the cluster's replicas) would download a Hub id; remote ones only
+    send the name to their server. Backend.in_process decides, not a list in the policy."""
+    with client_for(tree) as client:
+        for engine in ("vllm", "ray-replicas"):
+            r = client.post("/v1/jobs", json={"generator": "persona-qa", "n": 1,
+                                              "roles": {"default": {"engine": engine, "model": "org/m"}}})
+            assert r.status_code == 422 and "model_download_not_allowed" in r.text, (engine, r.text)
+        r = client.post("/v1/jobs", json={"generator": "persona-qa", "n": 1, "roles": {"default": {
+            "engine": "openai-batch", "base_url": "http://127.0.0.1:9/v1", "model": "org/m"}}})
+        assert r.status_code == 201, r.text
