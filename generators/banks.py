@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
+from synthgen.engine.plugin import unique_names
 from synthgen.generators import data
 
 
@@ -31,6 +32,14 @@ def levels_from(value: object) -> object:
         return [{"name": f"level-{i}", "label": v, "instruction": f"難しさは「{v}」の程度にすること。"}
                 for i, v in enumerate(value, 1)]
     return value
+
+
+def _unique_levels(levels: list[Difficulty]) -> list[Difficulty]:
+    return unique_names(levels, "difficulty")
+
+
+# A params field of difficulty levels: plain labels are accepted (an older spec), names must not repeat.
+DifficultyLevels = Annotated[list[Difficulty], BeforeValidator(levels_from), AfterValidator(_unique_levels)]
 
 
 def difficulties(kind: str) -> list[Difficulty]:

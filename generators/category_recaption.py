@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from synthgen.engine.messages import ChatResult, assistant, user
 from synthgen.engine.plugin import Generator, InputContext, RecordContext, Skip, unique_names
 from synthgen.generators import data
-from synthgen.generators.banks import Difficulty, by_name, difficulties, draw, levels_from
+from synthgen.generators.banks import DifficultyLevels, by_name, difficulties, draw
 from synthgen.generators.images.checks import is_refusal, mentions_caption
 from synthgen.generators.images.download import Downloader, open_downloader
 from synthgen.generators.images.sources import ImageInputParams, describe, iter_items, load_image
@@ -99,7 +99,7 @@ class Params(ImageInputParams):
     questions_per_image: int = Field(2, ge=1, le=64, description="distinct categories dealt to each image")
     personas: str | None = Field("builtin", description="who asks: 'builtin', a persona file or Hub id; null for nobody")
     persona_limit: int | None = Field(None, ge=1)
-    difficulties: list[Difficulty] = Field(default_factory=lambda: difficulties("image"), min_length=1,
+    difficulties: DifficultyLevels = Field(default_factory=lambda: difficulties("image"), min_length=1,
                                            description="difficulty levels drawn per question")
     min_turns: int = Field(1, ge=1, le=4, description="turns per record drawn between min_turns and max_turns")
     max_turns: int = Field(1, ge=1, le=4, description="2-4: later questions build on the earlier answers")
@@ -119,16 +119,6 @@ class Params(ImageInputParams):
     @classmethod
     def _unique(cls, v: list[Category]) -> list[Category]:
         return unique_names(v, "category")
-
-    @field_validator("difficulties", mode="before")
-    @classmethod
-    def _plain_labels(cls, v: object) -> object:
-        return levels_from(v)
-
-    @field_validator("difficulties")
-    @classmethod
-    def _unique_levels(cls, v: list[Difficulty]) -> list[Difficulty]:
-        return unique_names(v, "difficulty")
 
     @model_validator(mode="after")
     def _file_and_turns(self) -> Params:

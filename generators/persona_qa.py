@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from synthgen.engine.messages import ChatResult, assistant, system, user
 from synthgen.engine.plugin import Generator, InputContext, RecordContext, Skip, unique_names
 from synthgen.generators import data
-from synthgen.generators.banks import Difficulty, by_name, difficulties, draw, levels_from
+from synthgen.generators.banks import DifficultyLevels, by_name, difficulties, draw
 from synthgen.generators.persona_traits import asker
 from synthgen.generators.textcheck import is_japanese, leaks_answer, strip_label
 
@@ -69,7 +69,7 @@ class QuestionParams(BaseModel):
     keypoints: dict[str, list[str]] = Field(default_factory=lambda: data.load("keypoints.yaml"),
                                             description="task name -> keypoints, for driver=keypoint")
     tasks: list[Task] = Field(default_factory=lambda: list(DEFAULT_TASKS), min_length=1)
-    difficulties: list[Difficulty] = Field(default_factory=lambda: difficulties("text"), min_length=1,
+    difficulties: DifficultyLevels = Field(default_factory=lambda: difficulties("text"), min_length=1,
                                            description="levels as the seeds define them (basic: 小学生でも解ける)")
     final_answer_marker: str = Field("答え：", min_length=1, max_length=20,
                                      description="the line that states the result, for tasks with final_answer")
@@ -83,16 +83,6 @@ class QuestionParams(BaseModel):
     @classmethod
     def _unique_tasks(cls, tasks: list[Task]) -> list[Task]:
         return unique_names(tasks, "task")
-
-    @field_validator("difficulties", mode="before")
-    @classmethod
-    def _plain_labels(cls, v: object) -> object:
-        return levels_from(v)
-
-    @field_validator("difficulties")
-    @classmethod
-    def _unique_levels(cls, v: list[Difficulty]) -> list[Difficulty]:
-        return unique_names(v, "difficulty")
 
     @model_validator(mode="after")
     def _keypoints_cover_tasks(self) -> QuestionParams:
