@@ -303,7 +303,7 @@ class Ledger:
         else:
             stats.notes.append(
                 f"input budget spent ({spec.input_budget} inputs): {stats.ok} of {self.need} records written, "
-                f"{stats.failed} dropped; look at failures.jsonl, then resume with a larger --max-inputs")
+                f"{stats.failed} dropped; look at failures.jsonl, then resume with a larger max_inputs (CLI: --resume --max-inputs N)")
 
 
 async def _drive(run: Prepared, stop: asyncio.Event, resources: Any,
