@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from synthgen.evaluator.spec import EvalSpec
+from synthgen.trainer.launch import alive, pid_in
 
 SPEC_FILE = "spec.json"
 STATUS_FILE = "status.json"
@@ -64,36 +65,13 @@ def start(spec: EvalSpec, run_dir: Path, secrets: dict[str, str] | None = None, 
     return proc.pid
 
 
-def _pid(run_dir: Path) -> int | None:
-    try:
-        return int((Path(run_dir) / PID_FILE).read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError, OSError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1] != "Z"
-    return True
-
-
 def status(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     st = read_status(run_dir)
     state = st.get("state", "failed")
-    pid = _pid(run_dir)
+    pid = pid_in(run_dir)
     starting = pid is None and time.time() - float(st.get("updated_at") or 0) < START_GRACE_S
-    if state in ("running", "waiting") and not starting and (pid is None or not _alive(pid)):
+    if state in ("running", "waiting") and not starting and (pid is None or not alive(pid)):
         state = "cancelled" if (run_dir / CANCEL_FILE).exists() else "failed"
         st["error"] = st.get("error") or "the evaluation process exited without a result"
     return {**st, "state": state, "has_report": (run_dir / "report.json").exists()}
@@ -102,7 +80,7 @@ def status(run_dir: Path) -> dict[str, Any]:
 def cancel(run_dir: Path) -> None:
     run_dir = Path(run_dir)
     (run_dir / CANCEL_FILE).touch()
-    pid = _pid(run_dir)
-    if pid is not None and _alive(pid):
+    pid = pid_in(run_dir)
+    if pid is not None and alive(pid):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)

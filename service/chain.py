@@ -41,6 +41,7 @@ import httpx
 from synthgen.policy import Policy
 from synthgen.settings import Settings
 from synthgen.spec import JobSpec, PublishSpec, WebhookSpec
+from synthgen.trainer.launch import alive
 
 log = logging.getLogger("synthgen.chain")
 CHAINS = "chains"
@@ -199,20 +200,10 @@ def read_steps(root: Path, job_id: str) -> list[dict[str, Any]] | None:
             step["state"] = st["state"] if st["state"] in FINAL and not finishing else "running"
             if st.get("error") and step["state"] == "failed":
                 step["error"] = st["error"]
-        elif step.get("host") == socket.gethostname() and step.get("pid") and not _alive(int(step["pid"])):
+        elif step.get("host") == socket.gethostname() and step.get("pid") and not alive(int(step["pid"])):
             step["state"] = "failed"
             step["error"] = "the worker stopped during this step; POST /v1/jobs/{id}/publish to run it again"
     return [{k: v for k, v in s.items() if k not in ("pid", "host", "run_dir")} for s in steps]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # -- webhooks ---------------------------------------------------------------------------------

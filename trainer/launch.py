@@ -52,14 +52,16 @@ def start(config: dict, run_dir: Path) -> int:
     return proc.pid
 
 
-def _pid(run_dir: Path) -> int | None:
+def pid_in(run_dir: Path) -> int | None:
+    """The pid a launcher wrote into `run_dir` (trainings and evaluations alike), or None."""
     try:
         return int((run_dir / PID_FILE).read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Running, not a zombie; reaps it when it is our child."""
     with contextlib.suppress(ChildProcessError, OSError):
         done, _ = os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
         if done == pid:
@@ -89,9 +91,9 @@ def status(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     st = read_status(run_dir)
     state = st.get("state", "failed" if not st else "running")
-    pid = _pid(run_dir)
+    pid = pid_in(run_dir)
     starting = pid is None and time.time() - float(st.get("updated_at") or 0) < START_GRACE_S  # pid not written yet
-    if state == "running" and not starting and (pid is None or not _alive(pid)):
+    if state == "running" and not starting and (pid is None or not alive(pid)):
         state = "cancelled" if (run_dir / CANCEL_FILE).exists() else "failed"
     return {"state": state, "stage": st.get("stage"), "step": st.get("step", 0),
             "total_steps": st.get("total_steps"), "loss": st.get("loss"),
@@ -103,7 +105,7 @@ def cancel(run_dir: Path) -> None:
     """Ask the trainer to stop; returns at once. status() says "cancelled" once it has exited."""
     run_dir = Path(run_dir)
     (run_dir / CANCEL_FILE).touch()
-    pid = _pid(run_dir)
-    if pid is not None and _alive(pid):
+    pid = pid_in(run_dir)
+    if pid is not None and alive(pid):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
