@@ -43,7 +43,9 @@ class OpenAIHTTPClient:
         if client_timeout is None:
             client_timeout = self._timeouts[timeout] = aiohttp.ClientTimeout(total=timeout)
         try:
-            async with self._get_session().post(self.url, data=orjson.dumps(body), timeout=client_timeout) as resp:
+            # No redirects: the endpoint is what the operator's policy allowed, not wherever it points.
+            async with self._get_session().post(self.url, data=orjson.dumps(body), timeout=client_timeout,
+                                                allow_redirects=False) as resp:
                 raw = await resp.read()
                 if resp.status != 200:
                     raise http_error(resp.status, raw.decode("utf-8", "replace"), resp.headers.get("Retry-After"))

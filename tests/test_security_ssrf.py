@@ -110,10 +110,12 @@ def test_base_url_must_be_an_allowed_endpoint_and_the_key_goes_nowhere_else(tmp_
                 store = client.app.state.store
                 claimed = store.claim("w")
                 final = asyncio.run(run_claimed(store, claimed, settings, "w", threading.Event()))
-                assert final == "succeeded", status_of(client, claimed.id)
-    # the allowed endpoint redirected every call elsewhere: the requests went, the key did not
+                job = status_of(client, claimed.id)
+    # The allowed endpoint redirected every call elsewhere: the engine follows no redirect, so
+    # nothing reached the other server (not even without the key) and the records failed.
+    assert final == "incomplete" and job["progress"]["failures_by_reason"] == {"request_http_307": 3}, job
     assert seen_a and all(h == f"Bearer {KEY}" for h in seen_a)
-    assert seen_b and not any(seen_b)
+    assert seen_b == []
 
 
 def test_downloads_to_private_addresses_are_refused_alike():
