@@ -207,25 +207,9 @@ def test_a_rest_job_on_ray_shows_progress_and_finishes(ray_cluster, tmp_path):
 # -- the ray-replicas backend: a role's model inside the cluster (CPU here; vLLM needs GPUs) ---------
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from tiny_llama import save_tiny_llama
 
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(["こんにちは、世界。", "hello world", "<|user|> <|assistant|>"] * 20,
-                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "</s>", "<s>"],
-                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", bos_token="<s>")
-    fast.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
-                          "{% if add_generation_prompt %}<|assistant|>{% endif %}")
-    fast.save_pretrained(path)
-    cfg = LlamaConfig(vocab_size=fast.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      pad_token_id=fast.pad_token_id, eos_token_id=fast.eos_token_id, bos_token_id=fast.bos_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    return str(path)
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 def _replica_roles(**cfg):
