@@ -12,7 +12,6 @@ answer 404 to requests without the right token, as the Hub does. It only binds t
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import re
@@ -26,6 +25,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+from synthgen.loopback_server import ThreadedSite
 
 # Metadata values the Hub accepts for the keys the stand-in validator checks (a subset of the
 # Hub's lists: the licences and tasks synthgen can emit, and common neighbours).
@@ -80,8 +81,9 @@ class Fault:
         return self.times is None or self.hits - self.skip <= self.times
 
 
-class LoopbackHub:
+class LoopbackHub(ThreadedSite):
     def __init__(self, *, token: str = "hf_loopback_token", root: Path | None = None, user: str = "tester") -> None:
+        super().__init__()
         self.token = token
         self.user = user
         self._tmp = None if root else tempfile.TemporaryDirectory(prefix="loopback-hub-")
@@ -94,11 +96,7 @@ class LoopbackHub:
         self.lfs_bytes = 0
         self.injected: list[str] = []
         self.auth_headers_seen: list[tuple[str, str]] = []
-        self.port = 0
         self._lock = threading.Lock()
-        self._runner: web.AppRunner | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def endpoint(self) -> str:
@@ -404,35 +402,8 @@ class LoopbackHub:
             return web.Response(status=200, headers={**headers, "Content-Length": str(f.size)})
         return web.FileResponse(f.blob, headers=headers)
 
-    # -- lifecycle -------------------------------------------------------------------------
-    async def start_async(self) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    def __enter__(self) -> LoopbackHub:
-        ready = threading.Event()
-
-        def serve() -> None:
-            self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(self.start_async())
-            ready.set()
-            self._loop.run_forever()
-            if self._runner is not None:
-                self._loop.run_until_complete(self._runner.cleanup())
-
-        self._thread = threading.Thread(target=serve, daemon=True, name="loopback-hub")
-        self._thread.start()
-        ready.wait(10)
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
         if self._tmp is not None:
             self._tmp.cleanup()
 

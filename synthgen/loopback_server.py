@@ -14,7 +14,7 @@ import contextlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import orjson
 from aiohttp import web
@@ -58,19 +58,63 @@ def japanese_responder(body: dict[str, Any]) -> str:
             f"したがって、海底に着くまでにかかる時間は{30 / speed:g}分です。\n答え：{30 / speed:g}分")
 
 
-class LoopbackServer:
-    def __init__(self, responder: Responder = japanese_responder, *, latency: float = 0.0,
-                 port: int = 0, model: str = "loopback-model") -> None:
-        self.responder = responder
-        self.latency = latency
-        self.model = model
+class ThreadedSite:
+    """An aiohttp app on 127.0.0.1: `await start_async()` inside a running loop, or `with site:`
+    to serve it from a thread of its own while a synchronous test or benchmark runs."""
+
+    def __init__(self, port: int = 0, backlog: int = 128) -> None:
         self.port = port
-        self.requests = 0
-        self.bodies: list[dict[str, Any]] = []
-        self.keep_bodies = False
+        self._backlog = backlog
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def app(self) -> web.Application:
+        raise NotImplementedError
+
+    async def start_async(self) -> None:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, backlog=self._backlog)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop_async(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def __enter__(self) -> Self:
+        ready = threading.Event()
+
+        def serve() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(self.start_async())
+            ready.set()
+            self._loop.run_forever()
+            self._loop.run_until_complete(self.stop_async())
+
+        self._thread = threading.Thread(target=serve, daemon=True, name=type(self).__name__)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+
+
+class LoopbackServer(ThreadedSite):
+    def __init__(self, responder: Responder = japanese_responder, *, latency: float = 0.0,
+                 port: int = 0, model: str = "loopback-model") -> None:
+        super().__init__(port, backlog=4096)
+        self.responder = responder
+        self.latency = latency
+        self.model = model
+        self.requests = 0
+        self.bodies: list[dict[str, Any]] = []
+        self.keep_bodies = False
 
     @property
     def base_url(self) -> str:
@@ -107,39 +151,6 @@ class LoopbackServer:
             "usage": {"prompt_tokens": 10, "completion_tokens": completion, "total_tokens": 10 + completion},
         }
         return web.Response(body=orjson.dumps(payload), content_type="application/json")
-
-    async def start_async(self) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port, backlog=4096)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def stop_async(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    # -- in a background thread, for synchronous tests ---------------------------------------
-    def __enter__(self) -> LoopbackServer:
-        ready = threading.Event()
-
-        def serve() -> None:
-            self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(self.start_async())
-            ready.set()
-            self._loop.run_forever()
-            self._loop.run_until_complete(self.stop_async())
-
-        self._thread = threading.Thread(target=serve, daemon=True, name="loopback-openai")
-        self._thread.start()
-        ready.wait(10)
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
 
 
 @contextlib.asynccontextmanager
