@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from synthgen.engine.errors import RequestError
 from synthgen.engine.messages import system, user
 from synthgen.engine.prompts import Prompts
+from synthgen.engine.replies import json_spans
 from synthgen.evaluator.cache import JudgeCache, judgement_key
 
 # judgement kind -> (fields, lowest, highest)
@@ -58,34 +59,7 @@ _THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
 
 def _objects(text: str) -> list[str]:
     """Every balanced {...} span (string-aware), outermost first."""
-    out = []
-    i = 0
-    while (start := text.find("{", i)) != -1:
-        depth, in_str, esc = 0, False, False
-        end = -1
-        for j in range(start, len(text)):
-            ch = text[j]
-            if in_str:
-                if esc:
-                    esc = False
-                elif ch == "\\":
-                    esc = True
-                elif ch == '"':
-                    in_str = False
-            elif ch == '"':
-                in_str = True
-            elif ch == "{":
-                depth += 1
-            elif ch == "}":
-                depth -= 1
-                if depth == 0:
-                    end = j
-                    break
-        if end == -1:
-            break
-        out.append(text[start:end + 1])
-        i = end + 1
-    return out
+    return list(json_spans(text))
 
 
 def _loads_lenient(blob: str) -> Any:

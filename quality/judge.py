@@ -23,6 +23,7 @@ import orjson
 from synthgen.engine.errors import RequestError
 from synthgen.engine.messages import image_part, user
 from synthgen.engine.prompts import Prompts
+from synthgen.engine.replies import json_spans
 from synthgen.engine.roles import Role
 from synthgen.quality.config import JudgeParams
 
@@ -59,29 +60,8 @@ class Judgement:
 
 
 def _first_object(text: str) -> str | None:
-    """The first balanced {...} in text (braces inside strings respected)."""
-    start = text.find("{")
-    while start != -1:
-        depth, in_str, esc, quote = 0, False, False, ""
-        for i in range(start, len(text)):
-            ch = text[i]
-            if in_str:
-                if esc:
-                    esc = False
-                elif ch == "\\":
-                    esc = True
-                elif ch == quote:
-                    in_str = False
-            elif ch in "\"'":
-                in_str, quote = True, ch
-            elif ch == "{":
-                depth += 1
-            elif ch == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[start:i + 1]
-        start = text.find("{", start + 1)
-    return None
+    """The first balanced {...} in text (braces inside single- or double-quoted strings respected)."""
+    return next(json_spans(text, quotes="\"'"), None)
 
 
 def _load_object(blob: str) -> dict[str, Any] | None:
