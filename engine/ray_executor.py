@@ -267,8 +267,8 @@ async def run_job_ray(spec: JobSpec, *, settings: Settings | None = None, stats:
 
 async def _drive(run: Prepared, stop: asyncio.Event, pool: list[_Worker],
                  on_flush: Callable[[RunStats], None] | None) -> None:
-    spec, gen, stats, store, done, concurrency = run.spec, run.gen, run.stats, run.store, run.done, run.concurrency
-    ledger = Ledger.of(run)
+    spec, gen, stats, done, concurrency = run.spec, run.gen, run.stats, run.done, run.concurrency
+    ledger = Ledger.of(run, on_flush)
     need = ledger.need
     if need <= 0:
         return
@@ -378,7 +378,6 @@ async def _drive(run: Prepared, stop: asyncio.Event, pool: list[_Worker],
                 rerun += 1
                 ready.append(job)
 
-    last_flush = time.monotonic()
     stopping = asyncio.ensure_future(stop.wait())
     try:
         while True:
@@ -401,12 +400,7 @@ async def _drive(run: Prepared, stop: asyncio.Event, pool: list[_Worker],
                 handle(msg)
                 msg = results.get_nowait() if not results.empty() else None
             stats.in_flight = len(flying)
-            now = time.monotonic()
-            if store.buffered_rows >= spec.shard_rows or now - last_flush >= spec.flush_seconds:
-                last_flush = now
-                await store.flush(stats.usage())
-                if on_flush:
-                    on_flush(stats)
+            await ledger.flush_if_due()
     finally:
         stopping.cancel()
         for task in list(calls):

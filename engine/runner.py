@@ -251,10 +251,22 @@ class Ledger:
     stats: RunStats
     need: int
     secrets: list[str]
+    on_flush: Callable[[RunStats], None] | None = None
+    last_flush: float = field(default_factory=time.monotonic)
 
     @classmethod
-    def of(cls, run: Prepared) -> Ledger:
-        return cls(run.spec, run.store, run.stats, run.spec.n - run.stats.done_before, run.spec.secret_values())
+    def of(cls, run: Prepared, on_flush: Callable[[RunStats], None] | None = None) -> Ledger:
+        return cls(run.spec, run.store, run.stats, run.spec.n - run.stats.done_before, run.spec.secret_values(),
+                   on_flush)
+
+    async def flush_if_due(self) -> None:
+        """Commit by size (`shard_rows`) or time (`flush_seconds`), then tell the watcher."""
+        now = time.monotonic()
+        if self.store.buffered_rows >= self.spec.shard_rows or now - self.last_flush >= self.spec.flush_seconds:
+            self.last_flush = now
+            await self.store.flush(self.stats.usage())
+            if self.on_flush:
+                self.on_flush(self.stats)
 
     def admits(self, in_flight: int, concurrency: int) -> bool:
         """Exact admission: start one more only if the records in flight, discounted by the
@@ -308,8 +320,9 @@ class Ledger:
 
 async def _drive(run: Prepared, stop: asyncio.Event, resources: Any,
                  on_flush: Callable[[RunStats], None] | None) -> None:
-    spec, gen, stats, store = run.spec, run.gen, run.stats, run.store
-    ledger = Ledger.of(run)
+    spec, gen, stats = run.spec, run.gen, run.stats
+    ledger = Ledger.of(run, on_flush)
+    flush_if_due = ledger.flush_if_due
     if ledger.need <= 0:
         return
     tasks: set[asyncio.Task[None]] = set()
@@ -319,7 +332,6 @@ async def _drive(run: Prepared, stop: asyncio.Event, resources: Any,
     stopping = asyncio.ensure_future(stop.wait())
     stopping.add_done_callback(lambda _t: changed.set())
     ticker = asyncio.create_task(_tick(changed, spec.flush_seconds))
-    last_flush = time.monotonic()
 
     def over() -> bool:
         return ledger.enough or stop.is_set() or stats.error is not None
@@ -336,15 +348,6 @@ async def _drive(run: Prepared, stop: asyncio.Event, resources: Any,
         finally:
             stats.in_flight -= 1
             changed.set()
-
-    async def flush_if_due() -> None:
-        nonlocal last_flush
-        now = time.monotonic()
-        if store.buffered_rows >= spec.shard_rows or now - last_flush >= spec.flush_seconds:
-            last_flush = now
-            await store.flush(stats.usage())
-            if on_flush:
-                on_flush(stats)
 
     inputs = gen.inputs(plugin.InputContext(params=run.params, seed=spec.seed))
     for index, item in enumerate(itertools.islice(inputs, spec.input_budget)):
